@@ -1,0 +1,2 @@
+//! Text-side inputs: fairseq dictionaries, binarized datasets, BPE removal.
+//! (in progress)

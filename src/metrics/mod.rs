@@ -1,0 +1,2 @@
+//! Corpus metrics: fairseq's tokenized BLEU and sacreBLEU.
+//! (in progress)

@@ -1,0 +1,2 @@
+//! Reading checkpoint files without executing any code.
+//! (in progress)
