@@ -17,6 +17,7 @@
 
 pub mod cli;
 pub mod data;
+pub mod decode;
 pub mod inspect;
 pub mod metrics;
 pub mod read;
