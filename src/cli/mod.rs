@@ -10,6 +10,8 @@ use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+pub mod eval;
+
 #[derive(Parser)]
 #[command(
     name = "admin-convert",
@@ -25,6 +27,8 @@ struct Cli {
 enum Command {
     /// What a checkpoint is: family, shape, dtypes, scales, problems.
     Inspect(InspectArgs),
+    /// Translate a test set with fairseq's beam search and score it (BLEU, sacreBLEU).
+    Eval(Box<eval::EvalArgs>),
 }
 
 /// Hyper-parameters a checkpoint may not record (bare safetensors).
@@ -104,6 +108,7 @@ pub fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::Inspect(a) => inspect(a),
+        Command::Eval(a) => eval::run(*a),
     }
 }
 
