@@ -3,6 +3,8 @@
 //! (module index in progress)
 
 pub mod data;
+pub mod export;
 pub mod metrics;
+pub mod runtime;
 pub mod spec;
 pub mod tensor;
