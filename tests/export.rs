@@ -953,3 +953,66 @@ fn onnx_check(paths: &[PathBuf]) {
         );
     }
 }
+
+/// Decoding speed on a base-sized model (`cargo test --test export -- --ignored --nocapture bench`).
+#[test]
+#[ignore]
+fn bench_incremental_decoding() {
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let v = Variant {
+        name: "base",
+        d: 512,
+        heads: 8,
+        enc_layers: 6,
+        dec_layers: env("BENCH_LAYERS", 6),
+        src_vocab: env("BENCH_VOCAB", 32000),
+        tgt_vocab: env("BENCH_VOCAB", 32000),
+        tied: env("BENCH_TIED", 1) == 1,
+        ..base()
+    };
+    let m = make_model(&v, 900);
+    let steps = 20;
+    let t0 = std::time::Instant::now();
+    let graphs = Arc::new(export::export(&m, Precision::Fp32, &ExportOptions::default()).unwrap());
+    println!("export: {:.2?}", t0.elapsed());
+    let mut backends: Vec<Box<dyn Backend>> = vec![];
+    let t0 = std::time::Instant::now();
+    let mut t = TractBackend::new(GraphSource::Memory(graphs.clone())).unwrap();
+    t.load_all().unwrap();
+    println!("tract load + optimise: {:.2?}", t0.elapsed());
+    backends.push(Box::new(t));
+    if let Some(lib) = ort_library() {
+        let t0 = std::time::Instant::now();
+        let mut o = ort_backend(GraphSource::Memory(graphs), &lib);
+        o.load_all().unwrap();
+        println!("onnxruntime sessions: {:.2?}", t0.elapsed());
+        backends.push(Box::new(o));
+    }
+    for beams in [1, env("BENCH_BATCH", 20)] {
+        let (src, _) = batch(19, &vec![30; beams], &[1], v.src_vocab, v.tgt_vocab);
+        for b in backends.iter_mut() {
+            let t0 = std::time::Instant::now();
+            let enc = b.encode(src.view()).unwrap();
+            let te = t0.elapsed();
+            let mut dec = b.start(&enc).unwrap();
+            let toks = Array1::from_elem(beams, 5i64);
+            let t0 = std::time::Instant::now();
+            for _ in 0..steps {
+                b.step(&enc, &mut dec, toks.view()).unwrap();
+                let order: Vec<usize> = (0..beams).rev().collect();
+                dec.reorder(&order).unwrap();
+            }
+            println!(
+                "{}: batch {beams}: encode {:.2?}, {:.2} ms/step ({steps} steps with reorder)",
+                b.name(),
+                te,
+                t0.elapsed().as_secs_f64() * 1e3 / steps as f64
+            );
+        }
+    }
+}
