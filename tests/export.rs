@@ -676,8 +676,7 @@ fn run_all(
 }
 
 fn ort_library() -> Option<PathBuf> {
-    let extra = vec![PathBuf::from("/work/main/.venv/bin/python")];
-    match find_library(None, &extra) {
+    match find_library(None, &[]) {
         Ok(p) => Some(p),
         Err(e) => {
             if std::env::var("ADMIN_CONVERT_REQUIRE_ORT").as_deref() == Ok("1") {
@@ -919,8 +918,7 @@ fn cuda_without_a_cuda_build_is_an_error() {
 }
 
 fn onnx_check(paths: &[PathBuf]) {
-    let mut pythons: Vec<PathBuf> = vec!["/work/main/.venv/bin/python".into()];
-    pythons.extend(admin_convert::runtime::ort::python_candidates());
+    let pythons = admin_convert::runtime::ort::python_candidates();
     let py = pythons.into_iter().find(|p| {
         std::process::Command::new(p)
             .args(["-c", "import onnx"])
@@ -1015,4 +1013,13 @@ fn bench_incremental_decoding() {
             );
         }
     }
+}
+
+#[test]
+fn states_and_backends_can_move_between_threads() {
+    fn send<T: Send>() {}
+    send::<admin_convert::runtime::EncoderState>();
+    send::<admin_convert::runtime::DecoderState>();
+    send::<TractBackend>();
+    send::<OrtBackend>();
 }
