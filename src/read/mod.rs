@@ -1,2 +1,4 @@
 //! Reading checkpoint files without executing any code.
 //! (in progress)
+pub mod pickle;
+pub mod torch;
