@@ -335,7 +335,12 @@ impl Checkpoint {
                     ))
                 }
             };
-            let key = (t.storage.clone(), t.offset, t.shape.clone(), t.stride.clone());
+            let key = (
+                t.storage.clone(),
+                t.offset,
+                t.shape.clone(),
+                t.stride.clone(),
+            );
             let tied_to = seen.get(&key).cloned();
             if tied_to.is_none() {
                 seen.insert(key, name.clone());
