@@ -17,10 +17,12 @@
 
 pub mod cli;
 pub mod data;
+pub mod export;
 pub mod inspect;
 pub mod metrics;
 pub mod read;
 pub mod recognise;
+pub mod runtime;
 pub mod spec;
 pub mod tensor;
 pub mod transform;
