@@ -2,6 +2,10 @@
 //! subcommand. Kept thin: each command parses its flags into library types
 //! and prints what the library returns.
 
+mod fold;
+pub mod model;
+mod score;
+
 use crate::read::Checkpoint;
 use crate::recognise::{self, Overrides, Recognised};
 use crate::spec::{Activation, Family};
@@ -25,6 +29,10 @@ struct Cli {
 enum Command {
     /// What a checkpoint is: family, shape, dtypes, scales, problems.
     Inspect(InspectArgs),
+    /// Fold ω / α / gates into a standard Transformer, exactly, and measure it.
+    Fold(fold::FoldArgs),
+    /// Teacher-forced scores of references (like fairseq-generate --score-reference).
+    Score(score::ScoreArgs),
 }
 
 /// Hyper-parameters a checkpoint may not record (bare safetensors).
@@ -104,6 +112,8 @@ pub fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::Inspect(a) => inspect(a),
+        Command::Fold(a) => fold::run(a),
+        Command::Score(a) => score::run(a),
     }
 }
 

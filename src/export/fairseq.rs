@@ -35,11 +35,11 @@ pub fn validate(m: &Model) -> Result<()> {
     let he = c.encoder_attention_heads;
     let hd = c.decoder_attention_heads;
     ensure!(
-        he > 0 && de % he == 0,
+        he > 0 && de.is_multiple_of(he),
         "encoder width {de} is not a multiple of {he} attention heads"
     );
     ensure!(
-        hd > 0 && dd % hd == 0,
+        hd > 0 && dd.is_multiple_of(hd),
         "decoder width {dd} is not a multiple of {hd} attention heads"
     );
     ensure!(

@@ -426,11 +426,12 @@ fn sniff(b: &[u8]) -> Option<Format> {
     if b.starts_with(b"PK\x03\x04") || b.starts_with(b"PK\x05\x06") {
         return Some(Format::TorchZip);
     }
-    if b.first() == Some(&0x80) {
-        return Some(Format::TorchLegacy);
-    }
+    // Before the pickle test: a header length can start with byte 0x80.
     if b.len() >= 9 && b[8] == b'{' {
         return Some(Format::Safetensors);
+    }
+    if b.first() == Some(&0x80) {
+        return Some(Format::TorchLegacy);
     }
     // A safetensors header too short to hold '{' still gets the
     // safetensors reader's precise complaint.

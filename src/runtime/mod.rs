@@ -129,7 +129,7 @@ impl Value {
         let n = shape[0];
         let plain = t.try_as_plain_ram()?;
         let bytes = plain.as_bytes();
-        let row = if n == 0 { 0 } else { bytes.len() / n };
+        let row = bytes.len().checked_div(n).unwrap_or(0);
         let mut out = Vec::with_capacity(row * rows.len());
         for &r in rows {
             ensure!(r < n, "row {r} out of range: batch has {n} rows");
