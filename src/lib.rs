@@ -1,10 +1,35 @@
 //! admin-convert: ship Transformer translation models trained with Admin
 //! (and DeepNet, ReZero, admin-torch) as standard Post-LN / Pre-LN models.
-//! (module index in progress)
+//!
+//! A checkpoint flows through the modules in this order:
+//!
+//! | step | module | what it does |
+//! |---|---|---|
+//! | read | [`read`] | torch `.pt` (zip and legacy pickle, never executed) and `.safetensors` → named [`tensor::RawTensor`]s + config values |
+//! | recognise | [`recognise`] | names + shapes + config → one typed [`spec::Model`] (family, naming, hyper-parameters, weights) |
+//! | transform | [`transform`] | fold residual scales (`fold`), dtype conversion with accounting (`cast`) |
+//! | write | [`write`] | fairseq 0.12 state dicts, safetensors, atomic output files |
+//! | export | [`export`] | ONNX encoder / incremental decoder / teacher-forced graphs, fp32 and fp16 |
+//! | run | [`runtime`] | the graphs on tract (pure Rust) or onnxruntime (CPU, CUDA) behind one trait |
+//! | score | [`score`], [`verify`] | teacher-forced log-probs; measuring two models against each other |
+//! | text | [`data`], [`metrics`] | dictionaries, binarized datasets, BPE removal; fairseq BLEU and sacreBLEU |
+//! | report | [`inspect`], [`cli`] | `admin-convert inspect` and the command line |
+//!
+//! The maths of folding lives in `shared/spec/fold.md`, fairseq's behaviour
+//! in `shared/spec/fairseq.md`; module docs point there instead of
+//! repeating it.
 
+pub mod cli;
 pub mod data;
 pub mod export;
+pub mod inspect;
 pub mod metrics;
+pub mod read;
+pub mod recognise;
 pub mod runtime;
+pub mod score;
 pub mod spec;
 pub mod tensor;
+pub mod transform;
+pub mod verify;
+pub mod write;

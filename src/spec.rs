@@ -282,8 +282,9 @@ pub fn sinusoidal_table(num_rows: usize, dim: usize) -> Array2<f32> {
     if half == 0 {
         return t;
     }
-    // fairseq computes in float32: emb = exp(arange(half) * -(ln(10000)/(half-1)))
-    let step = (10000f32).ln() / (half as f32 - 1.0);
+    // fairseq: emb = exp(arange(half, float32) * -(math.log(10000) / (half - 1))),
+    // the step computed in double precision and applied in float32.
+    let step = ((10000f64).ln() / (half as f64 - 1.0)) as f32;
     let freqs: Vec<f32> = (0..half).map(|j| (j as f32 * -step).exp()).collect();
     for p in 0..num_rows {
         if p == PAD {

@@ -1,0 +1,129 @@
+//! Command-line interface: clap definitions and one function per
+//! subcommand. Kept thin: each command parses its flags into library types
+//! and prints what the library returns.
+
+mod fold;
+pub mod model;
+mod score;
+
+use crate::read::Checkpoint;
+use crate::recognise::{self, Overrides, Recognised};
+use crate::spec::{Activation, Family};
+use anyhow::{anyhow, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "admin-convert",
+    version,
+    about = "Fold, repair, average, export and decode Admin / DeepNet / ReZero Transformer checkpoints"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// What a checkpoint is: family, shape, dtypes, scales, problems.
+    Inspect(InspectArgs),
+    /// Fold ω / α / gates into a standard Transformer, exactly, and measure it.
+    Fold(fold::FoldArgs),
+    /// Teacher-forced scores of references (like fairseq-generate --score-reference).
+    Score(score::ScoreArgs),
+}
+
+/// Hyper-parameters a checkpoint may not record (bare safetensors).
+#[derive(Args, Clone, Debug, Default)]
+pub struct ModelArgs {
+    /// fairseq --arch preset for values the file does not record (e.g. transformer, transformer_iwslt_de_en).
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Attention heads (encoder and decoder).
+    #[arg(long)]
+    pub heads: Option<usize>,
+    #[arg(long)]
+    pub encoder_heads: Option<usize>,
+    #[arg(long)]
+    pub decoder_heads: Option<usize>,
+    /// Feed-forward activation: relu, gelu, gelu_accurate, tanh, linear, swish.
+    #[arg(long, value_parser = parse_activation)]
+    pub activation: Option<Activation>,
+    /// Pre-LN model (encoder and decoder normalize_before).
+    #[arg(long)]
+    pub normalize_before: Option<bool>,
+    /// fairseq --no-scale-embedding.
+    #[arg(long)]
+    pub no_scale_embedding: Option<bool>,
+    /// Residual family when the tensors cannot tell it (deep-net leaves no trace).
+    #[arg(long, value_parser = parse_family)]
+    pub family: Option<Family>,
+}
+
+fn parse_activation(s: &str) -> Result<Activation, String> {
+    Activation::parse(s).ok_or_else(|| format!("unknown activation '{s}'"))
+}
+
+fn parse_family(s: &str) -> Result<Family, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string()))
+        .map_err(|_| format!("unknown family '{s}' (post-ln, pre-ln, admin-fork, admin-torch-scalar, admin-torch-vector, deep-net, re-zero, layer-norm-free)"))
+}
+
+impl ModelArgs {
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            arch: self.arch.clone(),
+            encoder_heads: self.encoder_heads.or(self.heads),
+            decoder_heads: self.decoder_heads.or(self.heads),
+            activation: self.activation,
+            encoder_normalize_before: self.normalize_before,
+            decoder_normalize_before: self.normalize_before,
+            no_scale_embedding: self.no_scale_embedding,
+            max_source_positions: None,
+            max_target_positions: None,
+            family: self.family,
+        }
+    }
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// Checkpoint: fairseq .pt (zip or legacy) or .safetensors.
+    checkpoint: PathBuf,
+    /// Print a JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+/// Open and recognise a checkpoint, errors naming the file.
+pub fn load(path: &Path, model: &ModelArgs) -> Result<(Checkpoint, Recognised)> {
+    let ckpt = Checkpoint::open(path)?;
+    let rec = recognise::recognise(&ckpt, &model.overrides())
+        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    Ok((ckpt, rec))
+}
+
+/// Parse the command line and run the command.
+pub fn run() -> Result<ExitCode> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Inspect(a) => inspect(a),
+        Command::Fold(a) => fold::run(a),
+        Command::Score(a) => score::run(a),
+    }
+}
+
+fn inspect(a: InspectArgs) -> Result<ExitCode> {
+    let (ckpt, rec) = load(&a.checkpoint, &a.model)?;
+    let report = crate::inspect::report(&ckpt, &rec)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", crate::inspect::render_text(&report));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,97 @@
+//! dtype conversion with accounting: values that overflow the target
+//! (|x| > 65504 for fp16), flush to zero, or are already NaN / Inf are
+//! counted so `cast` can refuse or report them instead of hiding them.
+
+use crate::tensor::{DType, RawTensor};
+use half::{bf16, f16};
+use serde::Serialize;
+
+/// Counts of values a conversion could not keep.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CastStats {
+    /// Finite values that became ±Inf.
+    pub overflow: usize,
+    /// Non-zero values that became zero.
+    pub flushed_to_zero: usize,
+    /// NaN already present in the input.
+    pub nan: usize,
+    /// ±Inf already present in the input.
+    pub inf: usize,
+}
+
+impl CastStats {
+    pub fn add(&mut self, o: &CastStats) {
+        self.overflow += o.overflow;
+        self.flushed_to_zero += o.flushed_to_zero;
+        self.nan += o.nan;
+        self.inf += o.inf;
+    }
+    /// Values that the conversion itself damaged.
+    pub fn lossy(&self) -> bool {
+        self.overflow + self.flushed_to_zero > 0
+    }
+}
+
+/// Convert `data` to a float `dtype` (f32, f16, bf16), counting losses.
+pub fn from_f32(dtype: DType, shape: Vec<usize>, data: &[f32]) -> (RawTensor, CastStats) {
+    let mut st = CastStats::default();
+    for &x in data {
+        if x.is_nan() {
+            st.nan += 1;
+        } else if x.is_infinite() {
+            st.inf += 1;
+        }
+    }
+    let bytes: Vec<u8> = match dtype {
+        DType::F16 => {
+            let mut out = Vec::with_capacity(data.len() * 2);
+            for &x in data {
+                let h = f16::from_f32(x);
+                if x.is_finite() && h.is_infinite() {
+                    st.overflow += 1;
+                } else if x != 0.0 && x.is_finite() && h.to_f32() == 0.0 {
+                    st.flushed_to_zero += 1;
+                }
+                out.extend_from_slice(&h.to_le_bytes());
+            }
+            out
+        }
+        DType::BF16 => {
+            let mut out = Vec::with_capacity(data.len() * 2);
+            for &x in data {
+                let h = bf16::from_f32(x);
+                if x.is_finite() && h.is_infinite() {
+                    st.overflow += 1;
+                } else if x != 0.0 && x.is_finite() && h.to_f32() == 0.0 {
+                    st.flushed_to_zero += 1;
+                }
+                out.extend_from_slice(&h.to_le_bytes());
+            }
+            out
+        }
+        _ => bytemuck::cast_slice::<f32, u8>(data).to_vec(),
+    };
+    let dtype = if matches!(dtype, DType::F16 | DType::BF16) {
+        dtype
+    } else {
+        DType::F32
+    };
+    (
+        RawTensor {
+            dtype,
+            shape,
+            bytes: bytes.into(),
+        },
+        st,
+    )
+}
+
+/// Parse `fp32|fp16|bf16` (also `float32`, `f16`, `half`, ...).
+pub fn parse_dtype(s: &str) -> Option<DType> {
+    Some(match s.to_ascii_lowercase().as_str() {
+        "fp32" | "f32" | "float32" | "float" => DType::F32,
+        "fp16" | "f16" | "float16" | "half" => DType::F16,
+        "bf16" | "bfloat16" => DType::BF16,
+        _ => return None,
+    })
+}

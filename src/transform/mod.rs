@@ -1,0 +1,6 @@
+//! Transformations of a checkpoint: [`fold`] residual scales into a
+//! standard model (on the typed [`crate::spec::Model`]) and [`cast`]
+//! between float dtypes with overflow accounting.
+
+pub mod cast;
+pub mod fold;

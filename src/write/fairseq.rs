@@ -1,0 +1,153 @@
+//! A [`Model`] as fairseq 0.12 names it: separate q/k/v projections,
+//! `decoder.output_projection.weight`, `*.version` buffers, learned position
+//! tables when present; plus the fairseq model arguments that rebuild it
+//! (`load_state_dict(strict=True)` into `TransformerModel.build_model`).
+
+use crate::spec::*;
+use crate::tensor::{DType, RawTensor};
+use crate::transform::cast::{self, CastStats};
+use ndarray::{Array1, Array2};
+use serde_json::{json, Map, Value};
+
+/// Named tensors in fairseq's `state_dict()` order, converted to `dtype`.
+pub struct StateDict {
+    pub tensors: Vec<(String, RawTensor)>,
+    pub stats: CastStats,
+}
+
+struct Builder {
+    dtype: DType,
+    out: Vec<(String, RawTensor)>,
+    stats: CastStats,
+}
+
+impl Builder {
+    fn push(&mut self, name: String, shape: Vec<usize>, data: &[f32]) {
+        let (t, st) = cast::from_f32(self.dtype, shape, data);
+        self.stats.add(&st);
+        self.out.push((name, t));
+    }
+    fn mat(&mut self, name: String, m: &Array2<f32>) {
+        let v: Vec<f32> = m.iter().copied().collect();
+        self.push(name, m.shape().to_vec(), &v);
+    }
+    fn vec(&mut self, name: String, a: &Array1<f32>) {
+        let v: Vec<f32> = a.iter().copied().collect();
+        self.push(name, vec![a.len()], &v);
+    }
+    fn linear(&mut self, p: &str, l: &Linear) {
+        self.mat(format!("{p}.weight"), &l.weight);
+        let zeros;
+        let b = match &l.bias {
+            Some(b) => b,
+            None => {
+                zeros = Array1::zeros(l.weight.nrows());
+                &zeros
+            }
+        };
+        self.vec(format!("{p}.bias"), b);
+    }
+    fn norm(&mut self, p: &str, n: &Option<LayerNorm>) {
+        if let Some(n) = n {
+            self.vec(format!("{p}.weight"), &n.gamma);
+            self.vec(format!("{p}.bias"), &n.beta);
+        }
+    }
+    fn attention(&mut self, p: &str, a: &Attention) {
+        // fairseq 0.12 MultiheadAttention registers k, v, q, out in this order.
+        self.linear(&format!("{p}.k_proj"), &a.k);
+        self.linear(&format!("{p}.v_proj"), &a.v);
+        self.linear(&format!("{p}.q_proj"), &a.q);
+        self.linear(&format!("{p}.out_proj"), &a.out);
+    }
+    fn embedding(&mut self, stack: &str, e: &Embedding) {
+        self.mat(format!("{stack}.embed_tokens.weight"), &e.tokens);
+        if let Positions::Learned(t) = &e.positions {
+            self.mat(format!("{stack}.embed_positions.weight"), t);
+        }
+        self.norm(&format!("{stack}.layernorm_embedding"), &e.layernorm);
+    }
+}
+
+/// The model's weights under fairseq 0.12 names, in `dtype` (f32/f16/bf16).
+/// Residual scales must have been folded first (they have no fairseq name).
+pub fn state_dict(m: &Model, dtype: DType) -> StateDict {
+    let w = &m.weights;
+    let mut b = Builder {
+        dtype,
+        out: Vec::new(),
+        stats: CastStats::default(),
+    };
+    b.push("encoder.version".into(), vec![1], &[3.0]);
+    b.embedding("encoder", &w.encoder_embed);
+    for (i, l) in w.encoder_layers.iter().enumerate() {
+        let p = format!("encoder.layers.{i}");
+        b.attention(&format!("{p}.self_attn"), &l.self_attn.f);
+        b.norm(&format!("{p}.self_attn_layer_norm"), &l.self_attn.norm);
+        b.linear(&format!("{p}.fc1"), &l.ffn.f.fc1);
+        b.linear(&format!("{p}.fc2"), &l.ffn.f.fc2);
+        b.norm(&format!("{p}.final_layer_norm"), &l.ffn.norm);
+    }
+    b.norm("encoder.layer_norm", &w.encoder_final_norm);
+    b.push("decoder.version".into(), vec![1], &[3.0]);
+    b.embedding("decoder", &w.decoder_embed);
+    for (i, l) in w.decoder_layers.iter().enumerate() {
+        let p = format!("decoder.layers.{i}");
+        b.attention(&format!("{p}.self_attn"), &l.self_attn.f);
+        b.norm(&format!("{p}.self_attn_layer_norm"), &l.self_attn.norm);
+        b.attention(&format!("{p}.encoder_attn"), &l.cross_attn.f);
+        b.norm(&format!("{p}.encoder_attn_layer_norm"), &l.cross_attn.norm);
+        b.linear(&format!("{p}.fc1"), &l.ffn.f.fc1);
+        b.linear(&format!("{p}.fc2"), &l.ffn.f.fc2);
+        b.norm(&format!("{p}.final_layer_norm"), &l.ffn.norm);
+    }
+    b.norm("decoder.layer_norm", &w.decoder_final_norm);
+    b.mat(
+        "decoder.output_projection.weight".into(),
+        &w.output_projection,
+    );
+    StateDict {
+        tensors: b.out,
+        stats: b.stats,
+    }
+}
+
+/// fairseq model arguments that rebuild `m` with `--arch transformer`.
+pub fn fairseq_args(m: &Model) -> Map<String, Value> {
+    let c = &m.config;
+    let v = json!({
+        "arch": "transformer",
+        "encoder_layers": c.encoder_layers,
+        "decoder_layers": c.decoder_layers,
+        "encoder_embed_dim": c.encoder_embed_dim,
+        "decoder_embed_dim": c.decoder_embed_dim,
+        "decoder_output_dim": c.decoder_embed_dim,
+        "decoder_input_dim": c.decoder_embed_dim,
+        "encoder_ffn_embed_dim": c.encoder_ffn_embed_dim,
+        "decoder_ffn_embed_dim": c.decoder_ffn_embed_dim,
+        "encoder_attention_heads": c.encoder_attention_heads,
+        "decoder_attention_heads": c.decoder_attention_heads,
+        "activation_fn": c.activation_fn.name(),
+        "encoder_normalize_before": c.encoder_normalize_before,
+        "decoder_normalize_before": c.decoder_normalize_before,
+        "share_all_embeddings": c.share_all_embeddings,
+        "share_decoder_input_output_embed": c.share_decoder_input_output_embed,
+        "no_scale_embedding": c.no_scale_embedding,
+        "layernorm_embedding": c.layernorm_embedding,
+        "encoder_learned_pos": c.encoder_learned_pos,
+        "decoder_learned_pos": c.decoder_learned_pos,
+        "no_token_positional_embeddings": c.no_token_positional_embeddings,
+        "max_source_positions": c.max_source_positions,
+        "max_target_positions": c.max_target_positions,
+        "no_decoder_final_norm": c.decoder_normalize_before && m.weights.decoder_final_norm.is_none(),
+        "adaptive_input": false,
+        "tie_adaptive_weights": false,
+        "dropout": 0.0,
+        "attention_dropout": 0.0,
+        "activation_dropout": 0.0,
+    });
+    match v {
+        Value::Object(o) => o,
+        _ => Map::new(),
+    }
+}
