@@ -952,6 +952,16 @@ fn onnx_check(paths: &[PathBuf]) {
     }
 }
 
+/// CPU seconds used by this process so far (user + system), from /proc.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    // fields 14 and 15 (utime, stime) are the 12th and 13th after the name
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let tick = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
+}
+
 /// Decoding speed on a base-sized model (`cargo test --test export -- --ignored --nocapture bench`).
 #[test]
 #[ignore]
@@ -974,7 +984,7 @@ fn bench_incremental_decoding() {
         ..base()
     };
     let m = make_model(&v, 900);
-    let steps = 20;
+    let steps = env("BENCH_STEPS", 20);
     let t0 = std::time::Instant::now();
     let graphs = Arc::new(export::export(&m, Precision::Fp32, &ExportOptions::default()).unwrap());
     println!("export: {:.2?}", t0.elapsed());
@@ -1000,16 +1010,18 @@ fn bench_incremental_decoding() {
             let mut dec = b.start(&enc).unwrap();
             let toks = Array1::from_elem(beams, 5i64);
             let t0 = std::time::Instant::now();
+            let c0 = cpu_seconds();
             for _ in 0..steps {
                 b.step(&enc, &mut dec, toks.view()).unwrap();
                 let order: Vec<usize> = (0..beams).rev().collect();
                 dec.reorder(&order).unwrap();
             }
             println!(
-                "{}: batch {beams}: encode {:.2?}, {:.2} ms/step ({steps} steps with reorder)",
+                "{}: batch {beams}: encode {:.2?}, {:.2} ms/step, {:.1} CPU ms/step ({steps} steps with reorder)",
                 b.name(),
                 te,
-                t0.elapsed().as_secs_f64() * 1e3 / steps as f64
+                t0.elapsed().as_secs_f64() * 1e3 / steps as f64,
+                (cpu_seconds() - c0) * 1e3 / steps as f64
             );
         }
     }
