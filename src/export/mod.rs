@@ -24,6 +24,14 @@
 //!     1, starting with EOS 2), `encoder_padding_mask`, `cross_k_i`, `cross_v_i`
 //!   - out `lprobs` float32 `[batch, tgt_len, vocab]`
 //!
+//! Inside, the residual stream is 2-D (`[batch·len, d]`) so every linear map
+//! is one GEMM; weights are stored `[in, out]` (q|k|v and the cross k|v
+//! fused); the output projection is stored transposed even when tied to the
+//! decoder table (a second copy: both runtimes then pre-pack it). fp16
+//! graphs keep LayerNorm, softmax, GELU and log-softmax in float32.
+//! Initializers of graphs over 1 GiB go to `<file>.onnx.data` (ONNX external
+//! data).
+//!
 //! Metadata props: `admin_convert.config` (JSON [`Config`](crate::spec::Config)),
 //! `admin_convert.family`, `admin_convert.graph` (`encoder` / `decoder` /
 //! `decoder_full`), `admin_convert.precision` (`fp32` / `fp16`),
@@ -105,13 +113,27 @@ pub struct ExportOptions {
 }
 
 /// The graphs of one precision, as protobuf messages.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Graphs {
     pub precision: Precision,
     pub info: GraphInfo,
     pub encoder: ModelProto,
     pub decoder: ModelProto,
     pub decoder_full: ModelProto,
+}
+
+impl std::fmt::Debug for Graphs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mb = |k| onnx::initializer_bytes(self.get(k)) as f64 / 1e6;
+        write!(
+            f,
+            "Graphs({}, encoder {:.1} MB, decoder {:.1} MB, decoder_full {:.1} MB)",
+            self.precision.name(),
+            mb(GraphKind::Encoder),
+            mb(GraphKind::Decoder),
+            mb(GraphKind::DecoderFull)
+        )
+    }
 }
 
 impl Graphs {

@@ -6,6 +6,10 @@
 //! between calls ([`EncoderState`], [`DecoderState`]) is backend-neutral and
 //! can be reordered by batch row (beam search reorders beams and drops
 //! finished sentences).
+//!
+//! State tensors live in host memory: onnxruntime's outputs are passed back
+//! as its own values (no copy on the CPU), tract's as reference-counted
+//! tensors; with CUDA they cross the bus at every step.
 
 pub mod ort;
 pub mod tract;
