@@ -172,6 +172,14 @@ fn environment(lib: &Path) -> Result<Arc<Env>> {
         .lock()
         .map_err(|_| anyhow!("onnxruntime init lock poisoned"))?;
     if let Some(e) = guard.as_ref() {
+        let same = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        if same(&e.lib) != same(lib) {
+            bail!(
+                "onnxruntime is already loaded from {}; cannot also load {}",
+                e.lib.display(),
+                lib.display()
+            );
+        }
         return Ok(e.clone());
     }
     let builder = ::ort::init_from(lib)
