@@ -48,12 +48,21 @@ fn admin_fork_folds_exactly_and_reproduces_score_reference() {
     assert_eq!(r["positions"], "learned");
     assert_eq!(r["share_all_embeddings"], false);
     assert!(r["scales"].as_array().expect("scales").is_empty());
-    // ... that still scores the references exactly like the fork did.
+    // ... that still scores the references exactly like the fork did,
     check_score_reference(
         out.to_str().expect("utf-8"),
         "data-bin-fairseq08",
         "admin-fairseq08/score-reference.txt",
         false,
+        &[],
+    );
+    // ... and like stock fairseq 0.12 scores the same folded file after a
+    // strict load (fixtures/folded/, made by scripts/peer/fairseq_load.py).
+    check_score_reference(
+        out.to_str().expect("utf-8"),
+        "data-bin",
+        "folded/admin-fairseq08-folded.score-reference-fairseq012.txt",
+        true,
         &[],
     );
 }
