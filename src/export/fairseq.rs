@@ -205,8 +205,9 @@ fn linear_init(g: &mut Graph, name: &str, lins: &[&Linear]) -> (V, Option<V>) {
     let ts: Vec<_> = lins.iter().map(|l| l.weight.t()).collect();
     let w = concatenate(Axis(1), &ts).expect("validated shapes");
     let (i, o) = w.dim();
-    let data: Vec<f32> = w.iter().copied().collect();
-    let wn = g.weight(&format!("{name}.weight_t"), &[i, o], &data);
+    let w = w.as_standard_layout();
+    let data = w.as_slice().expect("standard layout");
+    let wn = g.weight(&format!("{name}.weight_t"), &[i, o], data);
     let bn = if lins.iter().any(|l| l.bias.is_some()) {
         let b: Vec<f32> = lins
             .iter()
@@ -357,24 +358,45 @@ fn attend(g: &mut Graph, q: &str, k: &str, v: &str, bias: Option<&str>) -> V {
     g.matmul(&p, v)
 }
 
-/// `[B, T, d]` → `[B, H, T, hd]`; with `t_is_one` a single reshape.
-fn split_heads(g: &mut Graph, x: &str, heads: usize, hd: usize, t_is_one: bool) -> V {
-    if t_is_one {
-        g.reshape(x, &[0, heads as i64, 1, hd as i64])
-    } else {
-        let y = g.reshape(x, &[0, 0, heads as i64, hd as i64]);
-        g.transpose(&y, &[0, 2, 1, 3])
+/// How the residual stream is laid out. It is always 2-D, `[tokens, d]`,
+/// so every linear map is one plain GEMM over all tokens of the batch.
+#[derive(Clone, Copy)]
+enum Layout<'a> {
+    /// `[B·T, d]`; `bt` is the int64 `[2]` shape `[B, T]` of the tokens.
+    Flat { bt: &'a str },
+    /// One position per row: `[B, d]`.
+    Step,
+}
+
+/// `[B·T, H·hd]` → `[B, H, T, hd]`.
+fn split_heads(g: &mut Graph, x: &str, heads: usize, hd: usize, layout: Layout) -> V {
+    match layout {
+        Layout::Step => g.reshape(x, &[0, heads as i64, 1, hd as i64]),
+        Layout::Flat { bt } => {
+            let hh = g.ints(&[heads as i64, hd as i64]);
+            let shape = g.concat(&[bt, &hh], 0);
+            let y = g.op("Reshape", &[x, &shape], vec![]);
+            g.transpose(&y, &[0, 2, 1, 3])
+        }
     }
 }
 
-/// `[B, H, T, hd]` → `[B, T, d]`.
-fn merge_heads(g: &mut Graph, x: &str, d: usize, t_is_one: bool) -> V {
-    if t_is_one {
-        g.reshape(x, &[0, 1, d as i64])
-    } else {
-        let y = g.transpose(x, &[0, 2, 1, 3]);
-        g.reshape(&y, &[0, 0, d as i64])
+/// `[B, H, T, hd]` → `[B·T, H·hd]`.
+fn merge_heads(g: &mut Graph, x: &str, d: usize, layout: Layout) -> V {
+    match layout {
+        Layout::Step => g.reshape(x, &[0, d as i64]),
+        Layout::Flat { .. } => {
+            let y = g.transpose(x, &[0, 2, 1, 3]);
+            g.reshape(&y, &[-1, d as i64])
+        }
     }
+}
+
+/// `[B·T, n]` → `[B, T, n]`.
+fn unflatten(g: &mut Graph, x: &str, bt: &str, n: usize) -> V {
+    let last = g.ints(&[n as i64]);
+    let shape = g.concat(&[bt, &last], 0);
+    g.op("Reshape", &[x, &shape], vec![])
 }
 
 fn scale_q(g: &mut Graph, q: &str, hd: usize) -> V {
@@ -409,11 +431,12 @@ fn position_table(g: &mut Graph, e: &Embedding, max_positions: usize, name: &str
         Positions::Sinusoidal => spec::sinusoidal_table(max_positions + spec::PAD + 1, d),
         Positions::Learned(t) => t.clone(),
     };
-    let data: Vec<f32> = table.iter().copied().collect();
+    let table = table.as_standard_layout();
+    let data = table.as_slice().expect("standard layout");
     Some(g.weight(
         &format!("{name}.embed_positions.weight"),
         &[table.nrows(), d],
-        &data,
+        data,
     ))
 }
 
@@ -446,9 +469,30 @@ fn embed(
     }
 }
 
+fn matrix_init(g: &mut Graph, t: ndarray::ArrayView2<f32>, name: &str) -> V {
+    let t = t.as_standard_layout();
+    let data = t.as_slice().expect("standard layout");
+    g.weight(name, &[t.nrows(), t.ncols()], data)
+}
+
 fn table_init(g: &mut Graph, t: &Array2<f32>, name: &str) -> V {
-    let data: Vec<f32> = t.iter().copied().collect();
-    g.weight(name, &[t.nrows(), t.ncols()], &data)
+    matrix_init(g, t.view(), name)
+}
+
+/// The decoder token table and the output projection `[d, vocab]`. A tied
+/// table is stored twice, the second time transposed for the projection:
+/// both runtimes pre-pack a constant MatMul operand at load time, which
+/// tract does not do for a transposed view of a table that Gather also
+/// reads (measured: 10x slower decoding steps).
+fn decoder_tables(g: &mut Graph, m: &Model) -> (V, V) {
+    let w = &m.weights;
+    let table = table_init(g, &w.decoder_embed.tokens, "decoder.embed_tokens.weight");
+    let proj = matrix_init(
+        g,
+        w.output_projection.t(),
+        "decoder.output_projection.weight_t",
+    );
+    (table, proj)
 }
 
 fn float_elem(fp16: bool) -> Elem {
@@ -494,7 +538,10 @@ pub fn encoder(m: &Model, fp16: bool) -> Result<pb::GraphProto> {
     // fairseq 0.12 zeroes the embeddings of padding positions.
     let pad3 = g.unsqueeze(&pad, &[2]);
     let zero = g.float_scalar(0.0, f);
-    let mut x = g.where_(&pad3, &zero, &x);
+    let x = g.where_(&pad3, &zero, &x);
+    let bt = g.op("Shape", &[&tokens], vec![]);
+    let layout = Layout::Flat { bt: &bt };
+    let mut x = g.reshape(&x, &[-1, d as i64]);
     let bias = mask_to_bias(&mut g, &pad);
     let bias = g.unsqueeze(&bias, &[1, 2]);
 
@@ -518,11 +565,11 @@ pub fn encoder(m: &Model, fp16: bool) -> Result<pb::GraphProto> {
                 );
                 let parts = g.split_last(&qkv, d, 3);
                 let q = scale_q(g, &parts[0], hd);
-                let q = split_heads(g, &q, heads, hd, false);
-                let k = split_heads(g, &parts[1], heads, hd, false);
-                let v = split_heads(g, &parts[2], heads, hd, false);
+                let q = split_heads(g, &q, heads, hd, layout);
+                let k = split_heads(g, &parts[1], heads, hd, layout);
+                let v = split_heads(g, &parts[2], heads, hd, layout);
                 let o = attend(g, &q, &k, &v, Some(&bias));
-                let o = merge_heads(g, &o, d, false);
+                let o = merge_heads(g, &o, d, layout);
                 linear(g, &o, &format!("{p}.self_attn.out_proj"), &[&a.out])
             },
         );
@@ -539,15 +586,16 @@ pub fn encoder(m: &Model, fp16: bool) -> Result<pb::GraphProto> {
     if let Some(ln) = &w.encoder_final_norm {
         x = layer_norm(&mut g, &x, ln, "encoder.layer_norm");
     }
-    g.output(&x, "encoder_out", f, &[B, S, Dim::Fixed(d)]);
+    let out = unflatten(&mut g, &x, &bt, d);
+    g.output(&out, "encoder_out", f, &[B, S, Dim::Fixed(d)]);
     g.output(&pad, "encoder_padding_mask", Elem::Bool, &[B, S]);
     for (i, l) in w.decoder_layers.iter().enumerate() {
         let a = &l.cross_attn.f;
         let p = format!("decoder.layers.{i}.encoder_attn");
         let kv = linear(&mut g, &x, &format!("{p}.kv_proj"), &[&a.k, &a.v]);
         let parts = g.split_last(&kv, dd, 2);
-        let k = split_heads(&mut g, &parts[0], dheads, dhd, false);
-        let v = split_heads(&mut g, &parts[1], dheads, dhd, false);
+        let k = split_heads(&mut g, &parts[0], dheads, dhd, layout);
+        let v = split_heads(&mut g, &parts[1], dheads, dhd, layout);
         let dims = [B, Dim::Fixed(dheads), S, Dim::Fixed(dhd)];
         g.output(&k, &format!("cross_k_{i}"), f, &dims);
         g.output(&v, &format!("cross_v_{i}"), f, &dims);
@@ -585,13 +633,16 @@ fn cross_inputs(g: &mut Graph, m: &Model) -> (V, Vec<(V, V)>) {
     (bias, kv)
 }
 
-/// The decoder layers, final norm and output projection; returns
-/// (float32 log-probs `[B, T, V]`, new self K/V per layer for a step).
+/// The decoder layers, final norm and output projection on the stream `x`
+/// (`[B·T, d]`); returns (float32 log-probs `[B·T, V]`, new self K/V per
+/// layer for a step).
+#[allow(clippy::too_many_arguments)]
 fn decoder_body(
     g: &mut Graph,
     m: &Model,
     mut x: V,
-    table: &str,
+    proj: &str,
+    layout: Layout,
     mode: SelfAttn,
     cross_bias: &str,
     cross: &[(V, V)],
@@ -602,7 +653,6 @@ fn decoder_body(
     let d = w.decoder_embed.tokens.ncols();
     let heads = c.decoder_attention_heads;
     let hd = d / heads;
-    let step = matches!(mode, SelfAttn::Step { .. });
     let pre = c.decoder_normalize_before;
     let mut new_kv = vec![];
     for (i, l) in w.decoder_layers.iter().enumerate() {
@@ -624,11 +674,11 @@ fn decoder_body(
                 );
                 let parts = g.split_last(&qkv, d, 3);
                 let q = scale_q(g, &parts[0], hd);
-                let q = split_heads(g, &q, heads, hd, step);
-                let k = split_heads(g, &parts[1], heads, hd, step);
-                let v = split_heads(g, &parts[2], heads, hd, step);
+                let q = split_heads(g, &q, heads, hd, layout);
+                let k = split_heads(g, &parts[1], heads, hd, layout);
+                let v = split_heads(g, &parts[2], heads, hd, layout);
                 let o = match &mode {
-                    SelfAttn::Full { bias } => attend(g, &q, &k, &v, Some(bias)),
+                    SelfAttn::Full { bias } => attend(g, &q, &k, &v, Some(*bias)),
                     SelfAttn::Step { past } => {
                         let kk = g.concat(&[&past[i].0, &k], 2);
                         let vv = g.concat(&[&past[i].1, &v], 2);
@@ -637,7 +687,7 @@ fn decoder_body(
                         o
                     }
                 };
-                let o = merge_heads(g, &o, d, step);
+                let o = merge_heads(g, &o, d, layout);
                 linear(g, &o, &format!("{p}.self_attn.out_proj"), &[&a.out])
             },
         );
@@ -652,9 +702,9 @@ fn decoder_body(
             |g, h| {
                 let q = linear(g, h, &format!("{p}.encoder_attn.q_proj"), &[&a.q]);
                 let q = scale_q(g, &q, hd);
-                let q = split_heads(g, &q, heads, hd, step);
+                let q = split_heads(g, &q, heads, hd, layout);
                 let o = attend(g, &q, &cross[i].0, &cross[i].1, Some(cross_bias));
-                let o = merge_heads(g, &o, d, step);
+                let o = merge_heads(g, &o, d, layout);
                 linear(g, &o, &format!("{p}.encoder_attn.out_proj"), &[&a.out])
             },
         );
@@ -671,19 +721,7 @@ fn decoder_body(
     if let Some(ln) = &w.decoder_final_norm {
         x = layer_norm(g, &x, ln, "decoder.layer_norm");
     }
-    // Output projection: reuse the token table when it is the same matrix.
-    let proj = if w.output_projection == w.decoder_embed.tokens {
-        g.transpose(table, &[1, 0])
-    } else {
-        let t = w.output_projection.t();
-        let data: Vec<f32> = t.iter().copied().collect();
-        g.weight(
-            "decoder.output_projection.weight_t",
-            &[t.nrows(), t.ncols()],
-            &data,
-        )
-    };
-    let logits = g.matmul(&x, &proj);
+    let logits = g.matmul(&x, proj);
     let logits = g.cast_if(&logits, f, Elem::F32);
     let lprobs = g.op(
         "LogSoftmax",
@@ -717,21 +755,18 @@ pub fn decoder_step(m: &Model, fp16: bool) -> Result<pb::GraphProto> {
         })
         .collect();
 
-    let table = table_init(
-        &mut g,
-        &w.decoder_embed.tokens,
-        "decoder.embed_tokens.weight",
-    );
+    let (table, proj) = decoder_tables(&mut g, m);
     let ptable = position_table(&mut g, &w.decoder_embed, c.max_target_positions, "decoder");
     let pos = ptable.as_ref().map(|_| {
         let off = g.ints(&[spec::PAD as i64 + 1]);
         g.add(&step, &off)
     });
+    let ids = g.reshape(&tokens, &[-1]);
     let x = embed(
         &mut g,
         &w.decoder_embed,
         &table,
-        &tokens,
+        &ids,
         ptable.as_deref().zip(pos.as_deref()),
         "decoder",
     );
@@ -739,12 +774,12 @@ pub fn decoder_step(m: &Model, fp16: bool) -> Result<pb::GraphProto> {
         &mut g,
         m,
         x,
-        &table,
+        &proj,
+        Layout::Step,
         SelfAttn::Step { past: &past },
         &cross_bias,
         &cross,
     )?;
-    let lprobs = g.reshape(&lprobs, &[0, vocab as i64]);
     g.output(&lprobs, "lprobs", Elem::F32, &[B, Dim::Fixed(vocab)]);
     let out_dims = [B, Dim::Fixed(heads), Dim::Any, Dim::Fixed(hd)];
     for (i, (k, v)) in new_kv.iter().enumerate() {
@@ -780,11 +815,7 @@ pub fn decoder_full(m: &Model, fp16: bool) -> Result<pb::GraphProto> {
     let mask = g.op("Or", &[&future, &padk], vec![]);
     let self_bias = mask_to_bias(&mut g, &mask);
 
-    let table = table_init(
-        &mut g,
-        &w.decoder_embed.tokens,
-        "decoder.embed_tokens.weight",
-    );
+    let (table, proj) = decoder_tables(&mut g, m);
     let ptable = position_table(&mut g, &w.decoder_embed, c.max_target_positions, "decoder");
     let pos = ptable.as_ref().map(|_| make_positions(&mut g, &pad));
     let x = embed(
@@ -795,15 +826,19 @@ pub fn decoder_full(m: &Model, fp16: bool) -> Result<pb::GraphProto> {
         ptable.as_deref().zip(pos.as_deref()),
         "decoder",
     );
+    let d = w.decoder_embed.tokens.ncols();
+    let x = g.reshape(&x, &[-1, d as i64]);
     let (lprobs, _) = decoder_body(
         &mut g,
         m,
         x,
-        &table,
+        &proj,
+        Layout::Flat { bt: &shape },
         SelfAttn::Full { bias: &self_bias },
         &cross_bias,
         &cross,
     )?;
+    let lprobs = unflatten(&mut g, &lprobs, &shape, vocab);
     g.output(&lprobs, "lprobs", Elem::F32, &[B, T, Dim::Fixed(vocab)]);
     Ok(g.finish())
 }

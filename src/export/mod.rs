@@ -124,44 +124,52 @@ impl Graphs {
     }
 }
 
-/// Builds the three graphs of `model` in `precision`.
-pub fn export(model: &Model, precision: Precision, opts: &ExportOptions) -> Result<Graphs> {
+/// Builds one graph of `model` in `precision`, with its metadata.
+pub fn export_graph(
+    model: &Model,
+    kind: GraphKind,
+    precision: Precision,
+    opts: &ExportOptions,
+) -> Result<ModelProto> {
     fairseq::validate(model).context("the model cannot be exported")?;
     let fp16 = precision == Precision::Fp16;
     let info = GraphInfo::of(model);
-    let meta = |kind: GraphKind| -> Result<Vec<(String, String)>> {
-        let mut v = vec![
-            (
-                "admin_convert.config".to_string(),
-                serde_json::to_string(&model.config)?,
-            ),
-            ("admin_convert.family".into(), model.family.name().into()),
-            ("admin_convert.graph".into(), kind.name().into()),
-            ("admin_convert.precision".into(), precision.name().into()),
-            ("admin_convert.info".into(), serde_json::to_string(&info)?),
-        ];
-        if let Some((src, tgt)) = &opts.dictionaries {
-            v.push(("fairseq.dict.src".into(), src.clone()));
-            v.push(("fairseq.dict.tgt".into(), tgt.clone()));
-        }
-        Ok(v)
+    let mut meta = vec![
+        (
+            "admin_convert.config".to_string(),
+            serde_json::to_string(&model.config)?,
+        ),
+        ("admin_convert.family".into(), model.family.name().into()),
+        ("admin_convert.graph".into(), kind.name().into()),
+        ("admin_convert.precision".into(), precision.name().into()),
+        ("admin_convert.info".into(), serde_json::to_string(&info)?),
+    ];
+    if let Some((src, tgt)) = &opts.dictionaries {
+        meta.push(("fairseq.dict.src".into(), src.clone()));
+        meta.push(("fairseq.dict.tgt".into(), tgt.clone()));
+    }
+    let doc = format!(
+        "{} of a fairseq Transformer ({}), {}, exported by admin-convert",
+        kind.name(),
+        model.family.describe(),
+        precision.name()
+    );
+    let graph = match kind {
+        GraphKind::Encoder => fairseq::encoder(model, fp16)?,
+        GraphKind::Decoder => fairseq::decoder_step(model, fp16)?,
+        GraphKind::DecoderFull => fairseq::decoder_full(model, fp16)?,
     };
-    let doc = |kind: GraphKind| {
-        format!(
-            "{} of a fairseq Transformer ({}), {}, exported by admin-convert",
-            kind.name(),
-            model.family.describe(),
-            precision.name()
-        )
-    };
-    let wrap =
-        |kind: GraphKind, g| -> Result<ModelProto> { Ok(onnx::model(g, &doc(kind), &meta(kind)?)) };
+    Ok(onnx::model(graph, &doc, &meta))
+}
+
+/// Builds the three graphs of `model` in `precision`.
+pub fn export(model: &Model, precision: Precision, opts: &ExportOptions) -> Result<Graphs> {
     Ok(Graphs {
         precision,
-        info,
-        encoder: wrap(GraphKind::Encoder, fairseq::encoder(model, fp16)?)?,
-        decoder: wrap(GraphKind::Decoder, fairseq::decoder_step(model, fp16)?)?,
-        decoder_full: wrap(GraphKind::DecoderFull, fairseq::decoder_full(model, fp16)?)?,
+        info: GraphInfo::of(model),
+        encoder: export_graph(model, GraphKind::Encoder, precision, opts)?,
+        decoder: export_graph(model, GraphKind::Decoder, precision, opts)?,
+        decoder_full: export_graph(model, GraphKind::DecoderFull, precision, opts)?,
     })
 }
 
@@ -176,18 +184,23 @@ pub fn write_graphs(graphs: &Graphs, dir: &Path, external_data: bool) -> Result<
     Ok(written)
 }
 
-/// Exports `model` into `dir`: `encoder.onnx`, `decoder.onnx`,
-/// `decoder_full.onnx`, and the `_fp16` variants when `opts.fp16`.
-/// Returns the files written.
+/// Exports `model` into `dir` (created if missing): `encoder.onnx`,
+/// `decoder.onnx`, `decoder_full.onnx`, and the `_fp16` variants when
+/// `opts.fp16`; one graph in memory at a time, each file written
+/// atomically. Returns the files written.
 pub fn write_dir(model: &Model, opts: &ExportOptions, dir: &Path) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut written = vec![];
     let mut precisions = vec![Precision::Fp32];
     if opts.fp16 {
         precisions.push(Precision::Fp16);
     }
     for p in precisions {
-        let graphs = export(model, p, opts)?;
-        written.extend(write_graphs(&graphs, dir, opts.external_data)?);
+        for kind in GraphKind::ALL {
+            let proto = export_graph(model, kind, p, opts)?;
+            let path = dir.join(kind.file_name(p));
+            written.extend(onnx::write_model(&proto, &path, opts.external_data)?);
+        }
     }
     Ok(written)
 }

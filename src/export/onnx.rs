@@ -64,11 +64,16 @@ pub enum Dim {
 /// A tensor initializer stored as little-endian `raw_data`.
 pub fn tensor_f32(name: &str, dims: &[usize], data: &[f32], elem: Elem) -> TensorProto {
     let raw: Vec<u8> = match elem {
+        Elem::F32 if cfg!(target_endian = "little") => bytemuck::cast_slice(data).to_vec(),
         Elem::F32 => data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        Elem::F16 => data
-            .iter()
-            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
-            .collect(),
+        Elem::F16 => {
+            let h: Vec<f16> = data.iter().map(|v| f16::from_f32(*v)).collect();
+            if cfg!(target_endian = "little") {
+                bytemuck::cast_slice(&h).to_vec()
+            } else {
+                h.iter().flat_map(|v| v.to_le_bytes()).collect()
+            }
+        }
         _ => unreachable!("tensor_f32 is only called with a float element type"),
     };
     raw_tensor(name, dims, elem, raw)

@@ -96,15 +96,23 @@ fn python_package(python: &Path) -> Option<PathBuf> {
 }
 
 /// Python interpreters worth asking for the `onnxruntime` package: a
-/// `.venv` in the current directory or one of its ancestors, then
-/// `python3` and `python` on the PATH.
+/// `.venv` in the current directory or one of its ancestors, or in an
+/// ancestor of the running executable (a checkout's `target/` lies beside
+/// its `.venv`), then `python3` and `python` on the PATH.
 pub fn python_candidates() -> Vec<PathBuf> {
-    let mut v = vec![];
+    let mut v: Vec<PathBuf> = vec![];
+    let mut roots = vec![];
     if let Ok(cwd) = std::env::current_dir() {
-        for dir in cwd.ancestors() {
+        roots.push(cwd);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        roots.push(exe);
+    }
+    for root in roots {
+        for dir in root.ancestors() {
             for rel in [".venv/bin/python", ".venv/Scripts/python.exe"] {
                 let p = dir.join(rel);
-                if p.exists() {
+                if p.exists() && !v.contains(&p) {
                     v.push(p);
                 }
             }
