@@ -78,28 +78,40 @@ impl Probe {
     }
 }
 
-/// Teacher-forced log-probs `[n, T, vocab]` of `model` on `probe` (tract, fp32).
-pub fn lprobs(model: &Model, probe: &Probe) -> Result<Array3<f32>> {
+/// A tract backend running `model`'s fp32 graphs, exported in memory.
+pub fn backend(model: &Model) -> Result<TractBackend> {
     let graphs = export::export(model, Precision::Fp32, &ExportOptions::default())?;
-    let mut backend = TractBackend::new(GraphSource::Memory(Arc::new(graphs)))?;
+    TractBackend::new(GraphSource::Memory(Arc::new(graphs)))
+}
+
+/// Teacher-forced log-probs `[n, T, vocab]` of `probe` on `backend`.
+pub fn lprobs(backend: &mut dyn Backend, probe: &Probe) -> Result<Array3<f32>> {
     let enc = backend.encode(probe.src_tokens().view())?;
     backend.teacher_forced(&enc, probe.prev_output_tokens().view())
 }
 
-/// Max |Δ log-prob| between two models over the real target positions.
+/// Max |Δ log-prob| between two models over the real target positions,
+/// in batches of 32 sentence pairs.
 pub fn max_lprob_diff(a: &Model, b: &Model, probe: &Probe) -> Result<f32> {
-    let la = lprobs(a, probe)?;
-    let lb = lprobs(b, probe)?;
+    let (mut ba, mut bb) = (backend(a)?, backend(b)?);
     let mut max = 0f32;
-    for (i, t) in probe.targets.iter().enumerate() {
-        for j in 0..t.len() {
-            for (x, y) in la
-                .slice(ndarray::s![i, j, ..])
-                .iter()
-                .zip(lb.slice(ndarray::s![i, j, ..]).iter())
-            {
-                let d = (x - y).abs();
-                max = max.max(if d.is_nan() { f32::INFINITY } else { d });
+    for (s, t) in probe.sources.chunks(32).zip(probe.targets.chunks(32)) {
+        let chunk = Probe {
+            sources: s.to_vec(),
+            targets: t.to_vec(),
+        };
+        let la = lprobs(&mut ba, &chunk)?;
+        let lb = lprobs(&mut bb, &chunk)?;
+        for (i, t) in chunk.targets.iter().enumerate() {
+            for j in 0..t.len() {
+                for (x, y) in la
+                    .slice(ndarray::s![i, j, ..])
+                    .iter()
+                    .zip(lb.slice(ndarray::s![i, j, ..]).iter())
+                {
+                    let d = (x - y).abs();
+                    max = max.max(if d.is_nan() { f32::INFINITY } else { d });
+                }
             }
         }
     }

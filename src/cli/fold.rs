@@ -37,9 +37,21 @@ pub struct FoldArgs {
     /// Largest acceptable max |Δ log-prob| between original and folded model.
     #[arg(long, default_value_t = 1e-4)]
     tolerance: f32,
-    /// Random probe sentence pairs used for the check.
+    /// Random probe sentence pairs used for the check (when no test data is given).
     #[arg(long, default_value_t = 16)]
     probe_sentences: usize,
+    /// Check on these source sentences (BPE'd text) instead of random tokens.
+    #[arg(long, requires = "reference")]
+    src: Option<PathBuf>,
+    /// References for --src.
+    #[arg(long = "ref")]
+    reference: Option<PathBuf>,
+    /// Check on a fairseq binarized split instead of random tokens.
+    #[arg(long, conflicts_with = "src")]
+    data: Option<PathBuf>,
+    /// Split of --data.
+    #[arg(long, default_value = "test")]
+    subset: String,
     /// Print a JSON report.
     #[arg(long)]
     json: bool,
@@ -81,7 +93,8 @@ pub fn run(a: FoldArgs) -> Result<ExitCode> {
     let dtype = parse_dtype(&a.dtype)
         .with_context(|| format!("unknown --dtype {} (fp32, fp16, bf16)", a.dtype))?;
     let (ckpt, rec) = load(&a.checkpoint, &a.model)?;
-    let dicts = match &a.dict_dir {
+    let dict_dir = a.dict_dir.clone().or_else(|| a.data.clone());
+    let dicts = match &dict_dir {
         Some(d) => Some(read_dicts(d)?),
         None => ckpt
             .embedded_dicts()
@@ -95,7 +108,25 @@ pub fn run(a: FoldArgs) -> Result<ExitCode> {
     let original = &rec.model;
     let (folded, summary) = fold_with_summary(original, mode);
     let c = &original.config;
-    let probe = Probe::random(a.probe_sentences.max(1), c.src_vocab, c.tgt_vocab, 24, 1);
+    let probe = if a.data.is_some() || a.src.is_some() {
+        let d = match &dict_dir {
+            Some(d) => super::model::dicts_in(d)?,
+            None => bail!("--src/--ref need --dict-dir DIR to encode the sentences"),
+        };
+        let pairs = super::score::load_pairs(
+            a.src.as_deref(),
+            a.reference.as_deref(),
+            a.data.as_deref(),
+            &a.subset,
+            &d,
+        )?;
+        Probe {
+            sources: pairs.sources,
+            targets: pairs.targets,
+        }
+    } else {
+        Probe::random(a.probe_sentences.max(1), c.src_vocab, c.tgt_vocab, 24, 1)
+    };
     let diff = verify::max_lprob_diff(original, &folded, &probe)
         .context("running the original and folded models")?;
     let passed = diff <= a.tolerance;
@@ -123,6 +154,7 @@ pub fn run(a: FoldArgs) -> Result<ExitCode> {
         "mode": if a.approx { "approximate" } else { "exact" },
         "dtype": dtype.name(),
         "probe_sentences": probe.sources.len(),
+        "probe": if a.data.is_some() || a.src.is_some() { "test data" } else { "random tokens" },
         "max_abs_diff": diff,
         "tolerance": a.tolerance,
         "passed": passed,
@@ -166,8 +198,13 @@ pub fn run(a: FoldArgs) -> Result<ExitCode> {
             println!("note: {n}");
         }
         println!(
-            "check: max |Δ log-prob| = {diff:.3e} over {} probe sentence pairs (tolerance {:.0e}): {}",
+            "check: max |Δ log-prob| = {diff:.3e} over {} {} sentence pairs (tolerance {:.0e}): {}",
             probe.sources.len(),
+            if a.data.is_some() || a.src.is_some() {
+                "test"
+            } else {
+                "random probe"
+            },
             a.tolerance,
             if passed { "ok" } else { "FAILED" }
         );

@@ -2,6 +2,7 @@
 //! subcommand. Kept thin: each command parses its flags into library types
 //! and prints what the library returns.
 
+mod export;
 mod fold;
 pub mod model;
 mod score;
@@ -31,6 +32,8 @@ enum Command {
     Inspect(InspectArgs),
     /// Fold ω / α / gates into a standard Transformer, exactly, and measure it.
     Fold(fold::FoldArgs),
+    /// Export ONNX graphs (encoder + cached decoder), fp32 and fp16.
+    Export(export::ExportArgs),
     /// Teacher-forced scores of references (like fairseq-generate --score-reference).
     Score(score::ScoreArgs),
 }
@@ -114,6 +117,7 @@ pub fn run() -> Result<ExitCode> {
         Command::Inspect(a) => inspect(a),
         Command::Fold(a) => fold::run(a),
         Command::Score(a) => score::run(a),
+        Command::Export(a) => export::run(a),
     }
 }
 
