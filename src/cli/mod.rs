@@ -10,6 +10,9 @@ use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod average;
+mod cast;
+
 #[derive(Parser)]
 #[command(
     name = "admin-convert",
@@ -25,6 +28,10 @@ struct Cli {
 enum Command {
     /// What a checkpoint is: family, shape, dtypes, scales, problems.
     Inspect(InspectArgs),
+    /// Average checkpoints as fairseq's average_checkpoints.py does, in bounded memory.
+    Average(average::AverageArgs),
+    /// Convert every float tensor to one dtype (fp32, fp16, bf16).
+    Cast(cast::CastArgs),
 }
 
 /// Hyper-parameters a checkpoint may not record (bare safetensors).
@@ -104,6 +111,8 @@ pub fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::Inspect(a) => inspect(a),
+        Command::Average(a) => average::run(a),
+        Command::Cast(a) => cast::run(a),
     }
 }
 
