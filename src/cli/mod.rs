@@ -15,6 +15,9 @@ use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod average;
+mod cast;
+
 #[derive(Parser)]
 #[command(
     name = "admin-convert",
@@ -36,6 +39,10 @@ enum Command {
     Export(export::ExportArgs),
     /// Teacher-forced scores of references (like fairseq-generate --score-reference).
     Score(score::ScoreArgs),
+    /// Average checkpoints as fairseq's average_checkpoints.py does, in bounded memory.
+    Average(average::AverageArgs),
+    /// Convert every float tensor to one dtype (fp32, fp16, bf16).
+    Cast(cast::CastArgs),
 }
 
 /// Hyper-parameters a checkpoint may not record (bare safetensors).
@@ -118,6 +125,8 @@ pub fn run() -> Result<ExitCode> {
         Command::Fold(a) => fold::run(a),
         Command::Score(a) => score::run(a),
         Command::Export(a) => export::run(a),
+        Command::Average(a) => average::run(a),
+        Command::Cast(a) => cast::run(a),
     }
 }
 
