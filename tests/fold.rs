@@ -155,3 +155,26 @@ fn fp16_output() {
     let r = inspect_json(&out, &[]);
     assert_eq!(r["dtypes"]["f16"], r["tensors"]);
 }
+
+/// fp16 weights with fp32 ω and LayerNorms (fixtures/mixed/): folds in
+/// fp32, reports the mix, and the output is one dtype.
+#[test]
+fn mixed_dtype_checkpoint_folds_and_reports_the_mix() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let out = d.path().join("mixed-folded.safetensors");
+    let data = fixture("data-bin-fairseq08");
+    let (code, v) = fold_json(
+        "mixed/admin-fork-mixed.pt",
+        &out,
+        &["--data", data.to_str().expect("utf-8")],
+    );
+    assert_eq!(code, Some(0), "{v}");
+    assert_eq!(v["input_mixed_float_dtypes"], true);
+    assert_eq!(v["input_dtypes"]["f16"], 46);
+    assert_eq!(v["input_dtypes"]["f32"], 30);
+    // measured 1.2e-5: float32 reordering noise on log-probs down to -30
+    assert!(v["max_abs_diff"].as_f64().expect("diff") <= 2e-5, "{v}");
+    let r = inspect_json(&out, &[]);
+    assert_eq!(r["mixed_float_dtypes"], false);
+    assert_eq!(r["dtypes"]["f32"], r["tensors"]);
+}

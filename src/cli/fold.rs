@@ -147,12 +147,26 @@ pub fn run(a: FoldArgs) -> Result<ExitCode> {
         meta.insert(META_DICT_SRC.to_string(), s.clone());
         meta.insert(META_DICT_TGT.to_string(), t.clone());
     }
+    let mut input_dtypes = BTreeMap::new();
+    for e in &ckpt.entries {
+        *input_dtypes.entry(e.dtype.name()).or_insert(0usize) += 1;
+    }
+    let mixed = ckpt
+        .entries
+        .iter()
+        .filter(|e| e.dtype.is_float())
+        .map(|e| e.dtype)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len()
+        > 1;
     let report = serde_json::json!({
         "input": a.checkpoint.display().to_string(),
         "output": a.output.display().to_string(),
         "fold": summary,
         "mode": if a.approx { "approximate" } else { "exact" },
         "dtype": dtype.name(),
+        "input_dtypes": input_dtypes,
+        "input_mixed_float_dtypes": mixed,
         "probe_sentences": probe.sources.len(),
         "probe": if a.data.is_some() || a.src.is_some() { "test data" } else { "random tokens" },
         "max_abs_diff": diff,
@@ -196,6 +210,17 @@ pub fn run(a: FoldArgs) -> Result<ExitCode> {
         }
         for n in &summary.notes {
             println!("note: {n}");
+        }
+        if mixed {
+            let d: Vec<String> = input_dtypes
+                .iter()
+                .map(|(k, v)| format!("{k} x{v}"))
+                .collect();
+            println!(
+                "note: input mixes float dtypes ({}): computed in fp32, written as {}",
+                d.join(", "),
+                dtype.name()
+            );
         }
         println!(
             "check: max |Δ log-prob| = {diff:.3e} over {} {} sentence pairs (tolerance {:.0e}): {}",
