@@ -8,6 +8,7 @@
 # is available.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+scripts/setup-python.sh   # onnxruntime library for --backend ort
 cargo build --release --quiet
 bin=target/release/admin-convert
 fx=fixtures
