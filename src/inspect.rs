@@ -101,7 +101,10 @@ fn stats(sublayer: String, r: &Residual) -> Option<ScaleStats> {
 }
 
 /// Build the report. Reads every tensor once to count NaN / Inf.
-pub fn report(ckpt: &Checkpoint, rec: &Recognised) -> Result<InspectReport, crate::read::ReadError> {
+pub fn report(
+    ckpt: &Checkpoint,
+    rec: &Recognised,
+) -> Result<InspectReport, crate::read::ReadError> {
     let m = &rec.model;
     let c = &m.config;
     let w = &m.weights;
@@ -145,12 +148,21 @@ pub fn report(ckpt: &Checkpoint, rec: &Recognised) -> Result<InspectReport, crat
     }
     let mut scales = Vec::new();
     for (i, l) in w.encoder_layers.iter().enumerate() {
-        scales.extend(stats(format!("encoder.{i}.self_attn"), &l.self_attn.residual));
+        scales.extend(stats(
+            format!("encoder.{i}.self_attn"),
+            &l.self_attn.residual,
+        ));
         scales.extend(stats(format!("encoder.{i}.ffn"), &l.ffn.residual));
     }
     for (i, l) in w.decoder_layers.iter().enumerate() {
-        scales.extend(stats(format!("decoder.{i}.self_attn"), &l.self_attn.residual));
-        scales.extend(stats(format!("decoder.{i}.cross_attn"), &l.cross_attn.residual));
+        scales.extend(stats(
+            format!("decoder.{i}.self_attn"),
+            &l.self_attn.residual,
+        ));
+        scales.extend(stats(
+            format!("decoder.{i}.cross_attn"),
+            &l.cross_attn.residual,
+        ));
         scales.extend(stats(format!("decoder.{i}.ffn"), &l.ffn.residual));
     }
     let positions = match (&w.encoder_embed.positions, c.no_token_positional_embeddings) {
@@ -244,7 +256,11 @@ pub fn render_text(r: &InspectReport) -> String {
     };
     let _ = writeln!(s, "{}", r.path);
     row(&mut s, "format", r.format.name().into());
-    row(&mut s, "family", format!("{} ({})", serde_name(&r.family), r.family_description));
+    row(
+        &mut s,
+        "family",
+        format!("{} ({})", serde_name(&r.family), r.family_description),
+    );
     row(&mut s, "naming", r.naming.clone());
     row(&mut s, "config from", serde_name(&r.config_origin));
     row(&mut s, "arch", r.arch.clone());
@@ -254,7 +270,10 @@ pub fn render_text(r: &InspectReport) -> String {
     row(
         &mut s,
         "layers",
-        format!("{} encoder + {} decoder", r.encoder_layers, r.decoder_layers),
+        format!(
+            "{} encoder + {} decoder",
+            r.encoder_layers, r.decoder_layers
+        ),
     );
     row(
         &mut s,
@@ -318,7 +337,11 @@ pub fn render_text(r: &InspectReport) -> String {
             r.positions, r.max_source_positions, r.max_target_positions
         ),
     );
-    row(&mut s, "layernorm_embedding", yn(r.layernorm_embedding).into());
+    row(
+        &mut s,
+        "layernorm_embedding",
+        yn(r.layernorm_embedding).into(),
+    );
     row(&mut s, "scale embedding", yn(!r.no_scale_embedding).into());
     row(
         &mut s,
@@ -341,7 +364,11 @@ pub fn render_text(r: &InspectReport) -> String {
         format!("{} / {}", r.nan_count, r.inf_count),
     );
     for nf in &r.non_finite {
-        row(&mut s, "", format!("{}: {} NaN, {} Inf", nf.tensor, nf.nan, nf.inf));
+        row(
+            &mut s,
+            "",
+            format!("{}: {} NaN, {} Inf", nf.tensor, nf.nan, nf.inf),
+        );
     }
     row(
         &mut s,

@@ -7,9 +7,13 @@
 //! |---|---|---|
 //! | read | [`read`] | torch `.pt` (zip and legacy pickle, never executed) and `.safetensors` → named [`tensor::RawTensor`]s + config values |
 //! | recognise | [`recognise`] | names + shapes + config → one typed [`spec::Model`] (family, naming, hyper-parameters, weights) |
-//! | inspect | [`inspect`] | a report on a recognised model (`admin-convert inspect`) |
-//! | data | [`data`] | fairseq dictionaries, binarized test sets, BPE removal |
-//! | metrics | [`metrics`] | fairseq BLEU and sacreBLEU |
+//! | transform | [`transform`] | fold residual scales (`fold`), dtype conversion with accounting (`cast`) |
+//! | write | [`write`] | fairseq 0.12 state dicts, safetensors, atomic output files |
+//! | export | [`export`] | ONNX encoder / incremental decoder / teacher-forced graphs, fp32 and fp16 |
+//! | run | [`runtime`] | the graphs on tract (pure Rust) or onnxruntime (CPU, CUDA) behind one trait |
+//! | score | [`score`], [`verify`] | teacher-forced log-probs; measuring two models against each other |
+//! | text | [`data`], [`metrics`] | dictionaries, binarized datasets, BPE removal; fairseq BLEU and sacreBLEU |
+//! | report | [`inspect`], [`cli`] | `admin-convert inspect` and the command line |
 //!
 //! The maths of folding lives in `shared/spec/fold.md`, fairseq's behaviour
 //! in `shared/spec/fairseq.md`; module docs point there instead of
@@ -18,11 +22,15 @@
 pub mod cli;
 pub mod data;
 pub mod decode;
+pub mod export;
 pub mod inspect;
 pub mod metrics;
 pub mod read;
 pub mod recognise;
+pub mod runtime;
+pub mod score;
 pub mod spec;
 pub mod tensor;
 pub mod transform;
+pub mod verify;
 pub mod write;

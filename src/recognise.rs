@@ -121,8 +121,22 @@ pub const PRESETS: &[Preset] = &[
     preset("transformer_wmt_en_de", 512, 2048, 8, 6, false),
     preset("transformer_iwslt_de_en", 512, 1024, 4, 6, false),
     preset("transformer_tiny", 64, 64, 2, 2, false),
-    preset("transformer_vaswani_wmt_en_de_big", 1024, 4096, 16, 6, false),
-    preset("transformer_vaswani_wmt_en_fr_big", 1024, 4096, 16, 6, false),
+    preset(
+        "transformer_vaswani_wmt_en_de_big",
+        1024,
+        4096,
+        16,
+        6,
+        false,
+    ),
+    preset(
+        "transformer_vaswani_wmt_en_fr_big",
+        1024,
+        4096,
+        16,
+        6,
+        false,
+    ),
     preset("transformer_wmt_en_de_big", 1024, 4096, 16, 6, false),
     preset("transformer_wmt_en_de_big_t2t", 1024, 4096, 16, 6, true),
 ];
@@ -232,7 +246,9 @@ impl<'a> Tensors<'a> {
             let b = self.opt_vec(&format!("{prefix}.in_proj_bias"), 3 * d)?;
             let part = |i: usize| Linear {
                 weight: w.slice(s![i * d..(i + 1) * d, ..]).to_owned(),
-                bias: b.as_ref().map(|b| b.slice(s![i * d..(i + 1) * d]).to_owned()),
+                bias: b
+                    .as_ref()
+                    .map(|b| b.slice(s![i * d..(i + 1) * d]).to_owned()),
             };
             return Ok(Attention {
                 q: part(0),
@@ -372,7 +388,11 @@ pub fn recognise(ckpt: &Checkpoint, ov: &Overrides) -> R<Recognised> {
     let dec_tok = "decoder.embed_tokens.weight";
     let enc_shape = match t.shape(enc_tok) {
         Some(s) if s.len() == 2 => s.to_vec(),
-        Some(s) => return err(format!("tensor {enc_tok} has shape {s:?}, expected [vocab, dim]")),
+        Some(s) => {
+            return err(format!(
+                "tensor {enc_tok} has shape {s:?}, expected [vocab, dim]"
+            ))
+        }
         None => {
             return err(format!(
                 "missing tensor {enc_tok}: not a fairseq encoder-decoder Transformer state dict"
@@ -382,7 +402,11 @@ pub fn recognise(ckpt: &Checkpoint, ov: &Overrides) -> R<Recognised> {
     let (src_vocab, d_enc) = (enc_shape[0], enc_shape[1]);
     let dec_shape = match t.shape(dec_tok) {
         Some(s) if s.len() == 2 => s.to_vec(),
-        Some(s) => return err(format!("tensor {dec_tok} has shape {s:?}, expected [vocab, dim]")),
+        Some(s) => {
+            return err(format!(
+                "tensor {dec_tok} has shape {s:?}, expected [vocab, dim]"
+            ))
+        }
         None => {
             notes.push(format!("{dec_tok} absent: taken to be tied to {enc_tok}"));
             enc_shape.clone()
@@ -400,7 +424,9 @@ pub fn recognise(ckpt: &Checkpoint, ov: &Overrides) -> R<Recognised> {
         let name = format!("{prefix}.0.fc1.weight");
         match t.shape(&name) {
             Some([f, _]) => Ok(*f),
-            Some(s) => err(format!("tensor {name} has shape {s:?}, expected [ffn, dim]")),
+            Some(s) => err(format!(
+                "tensor {name} has shape {s:?}, expected [ffn, dim]"
+            )),
             None => err(format!("missing tensor {name}")),
         }
     };
@@ -434,7 +460,11 @@ pub fn recognise(ckpt: &Checkpoint, ov: &Overrides) -> R<Recognised> {
         Some(a) => Some(find_preset(a).ok_or_else(|| {
             RecogniseError(format!(
                 "unknown --arch {a}; known: {}",
-                PRESETS.iter().map(|p| p.name).collect::<Vec<_>>().join(", ")
+                PRESETS
+                    .iter()
+                    .map(|p| p.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ))
         })?),
         None => arch_name.as_deref().and_then(find_preset),
@@ -506,7 +536,7 @@ pub fn recognise(ckpt: &Checkpoint, ov: &Overrides) -> R<Recognised> {
         ));
     }
     for (what, d, heads) in [("encoder", d_enc, enc_heads), ("decoder", d_dec, dec_heads)] {
-        if heads == 0 || d % heads != 0 {
+        if heads == 0 || !d.is_multiple_of(heads) {
             return err(format!(
                 "{what} embed dim {d} is not divisible by {heads} attention heads"
             ));
@@ -528,18 +558,16 @@ pub fn recognise(ckpt: &Checkpoint, ov: &Overrides) -> R<Recognised> {
         Some(dec_final),
         preset.is_some_and(|p| p.normalize_before),
     );
-    let no_scale = r.bool(
-        "no_scale_embedding",
-        ov.no_scale_embedding,
-        None,
-        false,
-    );
+    let no_scale = r.bool("no_scale_embedding", ov.no_scale_embedding, None, false);
     let ln_embed = t.has("encoder.layernorm_embedding.weight");
-    r.provenance.insert("layernorm_embedding", Provenance::Tensors);
+    r.provenance
+        .insert("layernorm_embedding", Provenance::Tensors);
     let enc_learned = t.has("encoder.embed_positions.weight");
     let dec_learned = t.has("decoder.embed_positions.weight");
-    r.provenance.insert("encoder_learned_pos", Provenance::Tensors);
-    r.provenance.insert("decoder_learned_pos", Provenance::Tensors);
+    r.provenance
+        .insert("encoder_learned_pos", Provenance::Tensors);
+    r.provenance
+        .insert("decoder_learned_pos", Provenance::Tensors);
     let no_pos = r.bool("no_token_positional_embeddings", None, None, false);
 
     // Tying: one storage, or (safetensors, which stores a table once) absence or equal values.
@@ -769,7 +797,10 @@ pub fn recognise(ckpt: &Checkpoint, ov: &Overrides) -> R<Recognised> {
     let needs_ln = !matches!(family, Family::ReZero | Family::LayerNormFree);
     if needs_ln {
         for (i, l) in encoder_layers.iter().enumerate() {
-            for (n, s) in [("self_attn_layer_norm", &l.self_attn.norm), ("final_layer_norm", &l.ffn.norm)] {
+            for (n, s) in [
+                ("self_attn_layer_norm", &l.self_attn.norm),
+                ("final_layer_norm", &l.ffn.norm),
+            ] {
                 if s.is_none() {
                     return err(format!("missing tensor encoder.layers.{i}.{n}.weight"));
                 }
@@ -790,7 +821,10 @@ pub fn recognise(ckpt: &Checkpoint, ov: &Overrides) -> R<Recognised> {
     let encoder_final_norm = t.layer_norm("encoder.layer_norm", d_enc)?;
     let decoder_final_norm = t.layer_norm("decoder.layer_norm", d_dec)?;
     if enc_nb && encoder_final_norm.is_none() {
-        notes.push("encoder_normalize_before without encoder.layer_norm: no final encoder LayerNorm".into());
+        notes.push(
+            "encoder_normalize_before without encoder.layer_norm: no final encoder LayerNorm"
+                .into(),
+        );
     }
     if !enc_nb && encoder_final_norm.is_some() {
         return err("encoder.layer_norm present but the encoder is not normalize_before");
@@ -829,7 +863,12 @@ pub fn recognise(ckpt: &Checkpoint, ov: &Overrides) -> R<Recognised> {
         return err(format!(
             "unexpected tensor{} {}{more}: not part of a {} layout",
             if unexpected.len() > 1 { "s" } else { "" },
-            unexpected.iter().take(5).cloned().collect::<Vec<_>>().join(", "),
+            unexpected
+                .iter()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", "),
             family.name()
         ));
     }

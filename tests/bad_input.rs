@@ -31,7 +31,10 @@ fn missing_empty_and_directory() {
     let sub = d.path().join("adir");
     std::fs::create_dir(&sub).expect("mkdir");
     inspect_err(&sub, "directory");
-    inspect_err(&write(d.path(), "text.pt", b"hello, I am not a checkpoint\n"), "not a checkpoint");
+    inspect_err(
+        &write(d.path(), "text.pt", b"hello, I am not a checkpoint\n"),
+        "not a checkpoint",
+    );
 }
 
 #[test]
@@ -81,29 +84,51 @@ fn safetensors_lies() {
     let d = tempfile::tempdir().expect("tempdir");
     // offsets that overlap
     let h = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}"#;
-    inspect_err(&write(d.path(), "overlap.safetensors", &safetensors(h, 12)), "offsets");
+    inspect_err(
+        &write(d.path(), "overlap.safetensors", &safetensors(h, 12)),
+        "offsets",
+    );
     // declared data far beyond the file
     let h = r#"{"a":{"dtype":"F32","shape":[1000000000],"data_offsets":[0,4000000000]}}"#;
-    inspect_err(&write(d.path(), "huge.safetensors", &safetensors(h, 16)), "more (or fewer) data bytes");
+    inspect_err(
+        &write(d.path(), "huge.safetensors", &safetensors(h, 16)),
+        "more (or fewer) data bytes",
+    );
     // header length beyond the file
     let mut v = (1u64 << 20).to_le_bytes().to_vec();
     v.extend_from_slice(b"{\"a\":1}");
     inspect_err(&write(d.path(), "header.safetensors", &v), "header length");
     // byte range not matching dtype × shape
     let h = r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#;
-    inspect_err(&write(d.path(), "size.safetensors", &safetensors(h, 8)), "byte range");
+    inspect_err(
+        &write(d.path(), "size.safetensors", &safetensors(h, 8)),
+        "byte range",
+    );
     // not JSON
-    inspect_err(&write(d.path(), "json.safetensors", &safetensors("{not json", 0)), "JSON");
+    inspect_err(
+        &write(d.path(), "json.safetensors", &safetensors("{not json", 0)),
+        "JSON",
+    );
     // a real file cut short
     let real = read("independent/postln-fairseq012-best.safetensors");
-    inspect_err(&write(d.path(), "cut.safetensors", &real[..real.len() - 100]), "data bytes");
+    inspect_err(
+        &write(d.path(), "cut.safetensors", &real[..real.len() - 100]),
+        "data bytes",
+    );
 }
 
 #[test]
 fn wrong_layout_names_the_tensor() {
     // The reader's edge-case file is a valid torch file but no Transformer.
     let p = fixture("edge/state_dict.pt");
-    let o = run(&["inspect", p.to_str().expect("utf-8"), "--heads", "2", "--activation", "relu"]);
+    let o = run(&[
+        "inspect",
+        p.to_str().expect("utf-8"),
+        "--heads",
+        "2",
+        "--activation",
+        "relu",
+    ]);
     assert_one_line_error(&o, "found 2 encoder and 0 decoder layers");
 }
 

@@ -6,7 +6,8 @@ use common::*;
 use serde_json::Value;
 
 fn u(v: &Value, k: &str) -> u64 {
-    v[k].as_u64().unwrap_or_else(|| panic!("{k} missing in {v}"))
+    v[k].as_u64()
+        .unwrap_or_else(|| panic!("{k} missing in {v}"))
 }
 
 /// The shape every fixture model shares: 2+2 layers, d=64, FFN 128, 4 heads, vocab 144.
@@ -73,8 +74,9 @@ fn admin_fork_checkpoint() {
     }
     // The decoder table is the encoder's (one storage); 0.8 stores no output projection.
     let tied = v["tied_tensors"].as_array().expect("tied");
-    assert!(tied.iter().any(|p| p[0] == "decoder.embed_tokens.weight"
-        && p[1] == "encoder.embed_tokens.weight"));
+    assert!(tied
+        .iter()
+        .any(|p| p[0] == "decoder.embed_tokens.weight" && p[1] == "encoder.embed_tokens.weight"));
     assert_eq!(v["dtypes"]["f32"].as_u64(), Some(u(&v, "tensors")));
 }
 
@@ -88,7 +90,9 @@ fn fairseq_012_post_ln() {
     assert_toy_shape(&v);
     assert!(v["scales"].as_array().expect("scales").is_empty());
     let tied = v["tied_tensors"].as_array().expect("tied");
-    assert!(tied.iter().any(|p| p[0] == "decoder.output_projection.weight"));
+    assert!(tied
+        .iter()
+        .any(|p| p[0] == "decoder.output_projection.weight"));
 }
 
 #[test]
@@ -104,7 +108,10 @@ fn fairseq_0122_fast_path_shadows_are_ignored() {
         .filter_map(Value::as_str)
         .collect();
     // eight shadows per encoder layer
-    let shadows = ignored.iter().filter(|n| n.ends_with("_weight") || n.ends_with("_bias")).count();
+    let shadows = ignored
+        .iter()
+        .filter(|n| n.ends_with("_weight") || n.ends_with("_bias"))
+        .count();
     assert_eq!(shadows, 16, "{ignored:?}");
     assert!(ignored.contains(&"encoder.embed_positions._float_tensor"));
 }
@@ -140,7 +147,9 @@ fn bare_safetensors_needs_heads_and_says_so() {
     let v = inspect_json(&p, &["--arch", "transformer"]);
     assert_eq!(v["encoder_attention_heads"], 8);
     assert_eq!(v["provenance"]["encoder_attention_heads"], "preset");
-    assert!(v["notes"].to_string().contains("--arch transformer describes 512d"));
+    assert!(v["notes"]
+        .to_string()
+        .contains("--arch transformer describes 512d"));
 }
 
 #[test]
@@ -154,10 +163,22 @@ fn bare_safetensors_of_admin_fork() {
 
 #[test]
 fn human_table_mentions_the_essentials() {
-    let o = run(&["inspect", fixture("admin-fairseq08/checkpoint_best.pt").to_str().expect("utf-8")]);
+    let o = run(&[
+        "inspect",
+        fixture("admin-fairseq08/checkpoint_best.pt")
+            .to_str()
+            .expect("utf-8"),
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let s = stdout(&o);
-    for needle in ["admin-fork", "torch-legacy", "2 encoder + 2 decoder", "64 / 128 / 4", "144", "decoder.1.ffn"] {
+    for needle in [
+        "admin-fork",
+        "torch-legacy",
+        "2 encoder + 2 decoder",
+        "64 / 128 / 4",
+        "144",
+        "decoder.1.ffn",
+    ] {
         assert!(s.contains(needle), "{needle:?} not in:\n{s}");
     }
 }

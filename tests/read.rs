@@ -16,7 +16,11 @@ fn assert_same_as_torch(pt: &str, independent: &str, format: Format) {
         let b = theirs.tensor(&e.name).expect("tensor in safetensors");
         assert_eq!(a.dtype, b.dtype, "{}", e.name);
         assert_eq!(a.shape, b.shape, "{}", e.name);
-        assert!(a.bytes.as_slice() == b.bytes.as_slice(), "{} differs", e.name);
+        assert!(
+            a.bytes.as_slice() == b.bytes.as_slice(),
+            "{} differs",
+            e.name
+        );
     }
 }
 

@@ -32,14 +32,20 @@ def main(src, data_dir, out):
         elif v is not None:
             argv += [flag, str(v)]
     parser = options.get_training_parser()
-    args = options.parse_args_and_arch(parser, argv)
+    args, unknown = options.parse_args_and_arch(parser, argv, parse_known=True)
+    # Keys fairseq has no flag for (e.g. decoder_input_dim) are set directly.
+    for k, v in margs.items():
+        if "--" + k.replace("_", "-") in unknown:
+            setattr(args, k, v)
     task = tasks.setup_task(args)
     model = task.build_model(args)
     sd = load_file(src)
     missing, unexpected = model.load_state_dict(sd, strict=True)
     print(f"strict load OK: {len(sd)} tensors, missing={list(missing)}, unexpected={list(unexpected)}")
-    torch.save({"args": args, "model": model.state_dict(), "optimizer_history": [],
-                "extra_state": {}, "last_optimizer_state": None}, out)
+    history = [{"criterion_name": "CrossEntropyCriterion", "optimizer_name": "Adam",
+                "lr_scheduler_state": {"best": None}, "num_updates": 0}]
+    torch.save({"args": args, "model": model.state_dict(), "optimizer_history": history,
+                "extra_state": {"train_iterator": {"epoch": 1}}, "last_optimizer_state": None}, out)
 
 
 if __name__ == "__main__":

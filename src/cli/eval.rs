@@ -13,14 +13,13 @@
 //! Exit codes: 0 ok, 1 `--expect-fairseq` found a different hypothesis,
 //! 2 bad input.
 
+use super::model::{open, Opened, RuntimeArgs};
 use super::ModelArgs;
 use crate::data::{BpeMode, Dictionary, IndexedDataset};
 use crate::decode::{decode_all, Batching, BeamOptions, Hypothesis};
-use crate::export::{self, ExportOptions, GraphKind, Precision};
+use crate::export::{GraphKind, Precision};
 use crate::metrics::{BleuScorer, SacreBleu};
-use crate::runtime::ort::{Device, OrtBackend, OrtOptions};
-use crate::runtime::tract::TractBackend;
-use crate::runtime::{Backend, GraphSource};
+use crate::runtime::Backend;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value as Json};
@@ -28,7 +27,6 @@ use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Args, Debug)]
@@ -94,22 +92,6 @@ pub struct EvalArgs {
     #[arg(long, num_args = 0..=1, default_missing_value = "subword_nmt", value_name = "MODE")]
     pub remove_bpe: Option<String>,
 
-    /// Runtime: tract (pure Rust, CPU) or ort (onnxruntime).
-    #[arg(long, value_enum, default_value_t = BackendKind::Tract)]
-    pub backend: BackendKind,
-    /// cpu, cuda or cuda:N (onnxruntime only).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// The onnxruntime shared library (else ORT_DYLIB_PATH or the Python package).
-    #[arg(long)]
-    pub ort_lib: Option<PathBuf>,
-    /// onnxruntime intra-op threads.
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Graph precision: exported in memory, or which files of an export directory.
-    #[arg(long, value_enum, default_value_t = PrecisionArg::Fp32)]
-    pub precision: PrecisionArg,
-
     /// Write the hypotheses here instead of stdout.
     #[arg(short = 'o', long)]
     pub output: Option<PathBuf>,
@@ -136,19 +118,9 @@ pub struct EvalArgs {
     pub scoring: Scoring,
 
     #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    #[command(flatten)]
     pub model_args: ModelArgs,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum BackendKind {
-    Tract,
-    Ort,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum PrecisionArg {
-    Fp32,
-    Fp16,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -182,83 +154,19 @@ impl ScoreBase {
     }
 }
 
-impl PrecisionArg {
-    fn precision(self) -> Precision {
-        match self {
-            PrecisionArg::Fp32 => Precision::Fp32,
-            PrecisionArg::Fp16 => Precision::Fp16,
-        }
+/// Opens MODEL with the shared [`open`]; an export directory without
+/// dictionary files may still carry them in its graphs' metadata.
+fn open_model(path: &Path, a: &EvalArgs) -> Result<Opened> {
+    let mut opened = open(path, &a.model_args, &a.runtime, None)?;
+    if opened.dicts.is_none() && path.is_dir() {
+        let precision = if a.runtime.fp16 {
+            Precision::Fp16
+        } else {
+            Precision::Fp32
+        };
+        opened.dicts = dictionaries_in_graph(&path.join(GraphKind::Encoder.file_name(precision)))?;
     }
-}
-
-fn parse_device(s: &str) -> Result<Device> {
-    match s {
-        "cpu" => Ok(Device::Cpu),
-        "cuda" | "gpu" => Ok(Device::Cuda { device_id: 0 }),
-        _ => match s.strip_prefix("cuda:") {
-            Some(n) => Ok(Device::Cuda {
-                device_id: n
-                    .parse()
-                    .map_err(|_| anyhow!("--device {s}: expected cpu, cuda or cuda:N"))?,
-            }),
-            None => bail!("--device {s}: expected cpu, cuda or cuda:N"),
-        },
-    }
-}
-
-/// A model ready to decode, and the dictionaries stored with it (exported
-/// directories written with dictionaries).
-pub struct LoadedModel {
-    pub backend: Box<dyn Backend>,
-    pub dicts: Option<(Dictionary, Dictionary)>,
-}
-
-/// Opens `path` (checkpoint or export directory) on the backend `a` asks for.
-pub fn open_model(path: &Path, a: &EvalArgs) -> Result<LoadedModel> {
-    let precision = a.precision.precision();
-    let (source, dicts) = if path.is_dir() {
-        let enc = path.join(GraphKind::Encoder.file_name(precision));
-        ensure!(
-            enc.is_file(),
-            "{} has no {}: not a directory written by `admin-convert export`{}",
-            path.display(),
-            GraphKind::Encoder.file_name(precision),
-            if precision == Precision::Fp16 {
-                " with --fp16"
-            } else {
-                ""
-            }
-        );
-        (
-            GraphSource::Dir(path.to_path_buf(), precision),
-            dictionaries_in_graph(&enc)?,
-        )
-    } else {
-        let (_, rec) = super::load(path, &a.model_args)?;
-        let graphs = export::export(&rec.model, precision, &ExportOptions::default())
-            .with_context(|| format!("{}", path.display()))?;
-        (GraphSource::Memory(Arc::new(graphs)), None)
-    };
-    let device = parse_device(&a.device)?;
-    let backend: Box<dyn Backend> = match a.backend {
-        BackendKind::Tract => {
-            ensure!(
-                device == Device::Cpu,
-                "--device {}: the tract backend runs on the CPU only (use --backend ort)",
-                a.device
-            );
-            Box::new(TractBackend::new(source)?)
-        }
-        BackendKind::Ort => Box::new(OrtBackend::new(
-            source,
-            OrtOptions {
-                lib: a.ort_lib.clone(),
-                device,
-                threads: a.threads,
-            },
-        )?),
-    };
-    Ok(LoadedModel { backend, dicts })
+    Ok(opened)
 }
 
 /// The `fairseq.dict.src` / `fairseq.dict.tgt` metadata of an exported graph.
@@ -779,7 +687,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         None => None,
     };
     let load_start = Instant::now();
-    let LoadedModel {
+    let Opened {
         mut backend,
         dicts,
     } = open_model(&a.model, &a)?;
@@ -803,7 +711,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
 
     let comparison = match &a.compare {
         Some(other) => {
-            let LoadedModel { backend: mut b2, .. } = open_model(other, &a)?;
+            let Opened { backend: mut b2, .. } = open_model(other, &a)?;
             check_vocab(b2.as_ref(), &set, other)?;
             let d2 = decode(b2.as_mut(), &set, &a, bpe, "model 2")?;
             let identical = d.texts.iter().zip(&d2.texts).filter(|(x, y)| x == y).count();
@@ -834,7 +742,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         let mut j = json!({
             "model": a.model.display().to_string(),
             "backend": backend.name(),
-            "precision": a.precision.precision().name(),
+            "precision": backend.precision().name(),
             "beam": a.beam,
             "nbest": a.nbest,
             "sentences": n,

@@ -2,6 +2,14 @@
 //! subcommand. Kept thin: each command parses its flags into library types
 //! and prints what the library returns.
 
+mod average;
+mod cast;
+pub mod eval;
+mod export;
+mod fold;
+pub mod model;
+mod score;
+
 use crate::read::Checkpoint;
 use crate::recognise::{self, Overrides, Recognised};
 use crate::spec::{Activation, Family};
@@ -10,7 +18,6 @@ use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-pub mod eval;
 
 #[derive(Parser)]
 #[command(
@@ -27,6 +34,16 @@ struct Cli {
 enum Command {
     /// What a checkpoint is: family, shape, dtypes, scales, problems.
     Inspect(InspectArgs),
+    /// Fold ω / α / gates into a standard Transformer, exactly, and measure it.
+    Fold(fold::FoldArgs),
+    /// Export ONNX graphs (encoder + cached decoder), fp32 and fp16.
+    Export(export::ExportArgs),
+    /// Teacher-forced scores of references (like fairseq-generate --score-reference).
+    Score(score::ScoreArgs),
+    /// Average checkpoints as fairseq's average_checkpoints.py does, in bounded memory.
+    Average(average::AverageArgs),
+    /// Convert every float tensor to one dtype (fp32, fp16, bf16).
+    Cast(cast::CastArgs),
     /// Translate a test set with fairseq's beam search and score it (BLEU, sacreBLEU).
     Eval(Box<eval::EvalArgs>),
 }
@@ -108,6 +125,11 @@ pub fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::Inspect(a) => inspect(a),
+        Command::Fold(a) => fold::run(a),
+        Command::Score(a) => score::run(a),
+        Command::Export(a) => export::run(a),
+        Command::Average(a) => average::run(a),
+        Command::Cast(a) => cast::run(a),
         Command::Eval(a) => eval::run(*a),
     }
 }

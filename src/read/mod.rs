@@ -335,7 +335,12 @@ impl Checkpoint {
                     ))
                 }
             };
-            let key = (t.storage.clone(), t.offset, t.shape.clone(), t.stride.clone());
+            let key = (
+                t.storage.clone(),
+                t.offset,
+                t.shape.clone(),
+                t.stride.clone(),
+            );
             let tied_to = seen.get(&key).cloned();
             if tied_to.is_none() {
                 seen.insert(key, name.clone());
@@ -398,6 +403,29 @@ impl Checkpoint {
         ))
     }
 
+    /// The unpickled top-level object of a torch checkpoint (`None` for
+    /// safetensors): what `average` and `cast` carry over besides the state dict.
+    pub fn torch_root(&self) -> Option<&Value> {
+        match &self.source {
+            Source::Torch { file, .. } => Some(&file.root),
+            Source::Safetensors { .. } => None,
+        }
+    }
+
+    /// A tensor referenced anywhere in a torch checkpoint's object tree (e.g.
+    /// the scalar meters in `extra_state`), contiguous, in its stored dtype.
+    pub fn torch_tensor(&self, r: &TensorRef) -> Result<RawTensor, ReadError> {
+        match &self.source {
+            Source::Torch { file, .. } => file
+                .tensor(r)
+                .map_err(|e| ReadError::new(&self.path, format!("tensor {}: {e}", r.storage))),
+            Source::Safetensors { .. } => Err(ReadError::new(
+                &self.path,
+                "a safetensors file holds no object tree",
+            )),
+        }
+    }
+
     /// Bytes all tensors occupy once loaded (tied storages counted once).
     pub fn memory_bytes(&self) -> usize {
         self.entries
@@ -421,11 +449,13 @@ fn sniff(b: &[u8]) -> Option<Format> {
     if b.starts_with(b"PK\x03\x04") || b.starts_with(b"PK\x05\x06") {
         return Some(Format::TorchZip);
     }
-    if b.first() == Some(&0x80) {
-        return Some(Format::TorchLegacy);
-    }
+    // Before the legacy check: a safetensors header of 128..=255 bytes starts
+    // with 0x80 too. A legacy pickle's byte 8 is part of its magic number, never '{'.
     if b.len() >= 9 && b[8] == b'{' {
         return Some(Format::Safetensors);
+    }
+    if b.first() == Some(&0x80) {
+        return Some(Format::TorchLegacy);
     }
     // A safetensors header too short to hold '{' still gets the
     // safetensors reader's precise complaint.

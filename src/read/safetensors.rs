@@ -83,9 +83,15 @@ fn describe(e: safetensors::SafeTensorError) -> String {
         E::InvalidHeaderLength => "safetensors: header length runs past the end of the file".into(),
         E::InvalidHeader(_) => "safetensors: header is not UTF-8".into(),
         E::InvalidHeaderDeserialization(e) => format!("safetensors: header is not valid JSON: {e}"),
-        E::InvalidOffset(name) => format!("safetensors: tensor {name} has offsets that overlap or leave gaps"),
-        E::TensorInvalidInfo => "safetensors: a tensor's byte range does not match its dtype and shape".into(),
-        E::MetadataIncompleteBuffer => "safetensors: the header declares more (or fewer) data bytes than the file holds".into(),
+        E::InvalidOffset(name) => {
+            format!("safetensors: tensor {name} has offsets that overlap or leave gaps")
+        }
+        E::TensorInvalidInfo => {
+            "safetensors: a tensor's byte range does not match its dtype and shape".into()
+        }
+        E::MetadataIncompleteBuffer => {
+            "safetensors: the header declares more (or fewer) data bytes than the file holds".into()
+        }
         E::ValidationOverflow => "safetensors: a tensor shape overflows".into(),
         E::MisalignedSlice => "safetensors: a tensor's size is not a whole number of bytes".into(),
         other => format!("safetensors: {other}"),

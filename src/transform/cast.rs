@@ -95,3 +95,69 @@ pub fn parse_dtype(s: &str) -> Option<DType> {
         _ => return None,
     })
 }
+
+/// Convert a float tensor to float `dtype` (f32, f16, bf16), counting losses; a tensor
+/// already in `dtype` is returned as is (its NaN / Inf still counted), non-float tensors
+/// are returned unchanged. f64 is rounded once, straight to the target.
+pub fn cast_tensor(t: &RawTensor, dtype: DType) -> (RawTensor, CastStats) {
+    if !t.dtype.is_float() {
+        return (t.clone(), CastStats::default());
+    }
+    if t.dtype == dtype {
+        let mut st = CastStats::default();
+        for x in t.to_f32() {
+            if x.is_nan() {
+                st.nan += 1;
+            } else if x.is_infinite() {
+                st.inf += 1;
+            }
+        }
+        return (t.clone(), st);
+    }
+    if t.dtype != DType::F64 {
+        return from_f32(dtype, t.shape.clone(), &t.to_f32());
+    }
+    let mut st = CastStats::default();
+    let mut out = Vec::with_capacity(t.numel() * dtype.size());
+    for x in t.to_f64() {
+        let back = match dtype {
+            DType::F16 => {
+                let h = f16::from_f64(x);
+                out.extend_from_slice(&h.to_le_bytes());
+                h.to_f64()
+            }
+            DType::BF16 => {
+                let h = bf16::from_f64(x);
+                out.extend_from_slice(&h.to_le_bytes());
+                h.to_f64()
+            }
+            _ => {
+                let h = x as f32;
+                out.extend_from_slice(&h.to_le_bytes());
+                h as f64
+            }
+        };
+        if x.is_nan() {
+            st.nan += 1;
+        } else if x.is_infinite() {
+            st.inf += 1;
+        } else if back.is_infinite() {
+            st.overflow += 1;
+        } else if x != 0.0 && back == 0.0 {
+            st.flushed_to_zero += 1;
+        }
+    }
+    let dtype = if matches!(dtype, DType::F16 | DType::BF16) {
+        dtype
+    } else {
+        DType::F32
+    };
+    (
+        RawTensor {
+            dtype,
+            shape: t.shape.clone(),
+            bytes: out.into(),
+        },
+        st,
+    )
+}

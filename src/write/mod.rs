@@ -1,10 +1,12 @@
 //! Writing outputs: a [`Model`](crate::spec::Model) as a fairseq 0.12 state
-//! dict ([`fairseq`]) and safetensors files ([`safetensors`]). Every output
+//! dict ([`fairseq`]), safetensors files ([`safetensors`]) and torch `.pt`
+//! zip files ([`torch`]). Every output
 //! is written to a temporary file beside its destination and renamed into
 //! place ([`atomic_write`]), so a failed run never leaves half a file.
 
 pub mod fairseq;
 pub mod safetensors;
+pub mod torch;
 
 use anyhow::{Context, Result};
 use std::io::Write;
@@ -34,6 +36,18 @@ pub fn atomic_write(
     tmp.as_file()
         .sync_all()
         .with_context(|| format!("{}: sync failed", path.display()))?;
+    // Temporary files are created rw------- ; give the output the permissions of
+    // the file it replaces, else rw-r--r--.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0o644);
+        let _ = tmp
+            .as_file()
+            .set_permissions(std::fs::Permissions::from_mode(mode));
+    }
     tmp.persist(path)
         .map_err(|e| e.error)
         .with_context(|| format!("{}: cannot move the output into place", path.display()))?;

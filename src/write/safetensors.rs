@@ -12,7 +12,10 @@ use std::path::Path;
 pub fn header(tensors: &[(String, RawTensor)], metadata: &BTreeMap<String, String>) -> Vec<u8> {
     let mut obj = serde_json::Map::new();
     if !metadata.is_empty() {
-        obj.insert("__metadata__".into(), serde_json::to_value(metadata).unwrap_or_default());
+        obj.insert(
+            "__metadata__".into(),
+            serde_json::to_value(metadata).unwrap_or_default(),
+        );
     }
     let mut off = 0usize;
     for (name, t) in tensors {
@@ -30,7 +33,7 @@ pub fn header(tensors: &[(String, RawTensor)], metadata: &BTreeMap<String, Strin
     let mut h = serde_json::to_vec(&serde_json::Value::Object(obj)).unwrap_or_default();
     // Pad the header with spaces to an 8-byte boundary, as the reference
     // implementation does, so tensor data stays aligned.
-    while h.len() % 8 != 0 {
+    while !h.len().is_multiple_of(8) {
         h.push(b' ');
     }
     h

@@ -1,0 +1,130 @@
+//! Opening a MODEL argument for running: a checkpoint (recognised and
+//! exported in memory) or a directory written by `export`, on tract or
+//! onnxruntime, with the dictionaries that belong to it.
+
+use super::{load, ModelArgs};
+use crate::data::dict::Dictionary;
+use crate::export::{self, ExportOptions, Precision};
+use crate::runtime::ort::{Device, OrtBackend, OrtOptions};
+use crate::runtime::tract::TractBackend;
+use crate::runtime::{Backend, GraphSource};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Which runtime runs the graphs.
+#[derive(Args, Clone, Debug)]
+pub struct RuntimeArgs {
+    /// tract (pure Rust, CPU; the default) or ort (onnxruntime, CPU or CUDA).
+    #[arg(long, default_value = "tract")]
+    pub backend: String,
+    /// cpu, or cuda[:N] (onnxruntime only; fails loudly if CUDA cannot be used).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// onnxruntime shared library (else ORT_DYLIB_PATH, else the Python onnxruntime package).
+    #[arg(long)]
+    pub ort_lib: Option<PathBuf>,
+    /// Run the fp16 graphs.
+    #[arg(long)]
+    pub fp16: bool,
+    /// onnxruntime intra-op threads.
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+/// A model ready to run, and its dictionaries when known.
+pub struct Opened {
+    pub backend: Box<dyn Backend>,
+    pub dicts: Option<(Dictionary, Dictionary)>,
+}
+
+fn parse_device(s: &str) -> Result<Device> {
+    Ok(match s {
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda { device_id: 0 },
+        _ => match s.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
+            Some(device_id) => Device::Cuda { device_id },
+            None => bail!("unknown --device {s} (cpu, cuda, cuda:N)"),
+        },
+    })
+}
+
+/// `dict.src.txt` / `dict.tgt.txt` (or the `dict.*.txt` pair) of `dir`.
+pub fn dicts_in(dir: &Path) -> Result<(Dictionary, Dictionary)> {
+    let (s, t) = super::fold::read_dicts(dir)?;
+    let parse = |text: &str, which: &str| {
+        Dictionary::from_dict_txt(text)
+            .with_context(|| format!("{}: {which} dictionary", dir.display()))
+    };
+    Ok((parse(&s, "source")?, parse(&t, "target")?))
+}
+
+/// Open MODEL (checkpoint file or export directory) on the chosen runtime.
+pub fn open(
+    path: &Path,
+    model: &ModelArgs,
+    rt: &RuntimeArgs,
+    dict_dir: Option<&Path>,
+) -> Result<Opened> {
+    let precision = if rt.fp16 {
+        Precision::Fp16
+    } else {
+        Precision::Fp32
+    };
+    let (source, mut dicts) = if path.is_dir() {
+        if !path
+            .join(crate::export::GraphKind::Encoder.file_name(precision))
+            .exists()
+        {
+            bail!(
+                "{}: no {} here: not a directory written by `admin-convert export`{}",
+                path.display(),
+                crate::export::GraphKind::Encoder.file_name(precision),
+                if rt.fp16 { " with --fp16" } else { "" }
+            );
+        }
+        let dicts = if path.join("dict.src.txt").exists() {
+            Some(dicts_in(path)?)
+        } else {
+            None
+        };
+        (GraphSource::Dir(path.to_path_buf(), precision), dicts)
+    } else {
+        let (ckpt, rec) = load(path, model)?;
+        let dicts = match ckpt.embedded_dicts() {
+            Some((s, t)) => Some((
+                Dictionary::from_dict_txt(s).context("embedded source dictionary")?,
+                Dictionary::from_dict_txt(t).context("embedded target dictionary")?,
+            )),
+            None => None,
+        };
+        let graphs = export::export(&rec.model, precision, &ExportOptions::default())
+            .with_context(|| format!("{}: export", path.display()))?;
+        (GraphSource::Memory(Arc::new(graphs)), dicts)
+    };
+    if let Some(d) = dict_dir {
+        dicts = Some(dicts_in(d)?);
+    }
+    let backend: Box<dyn Backend> = match rt.backend.as_str() {
+        "tract" => {
+            if rt.device != "cpu" {
+                bail!(
+                    "--backend tract runs on the CPU only; use --backend ort for --device {}",
+                    rt.device
+                );
+            }
+            Box::new(TractBackend::new(source)?)
+        }
+        "ort" | "onnxruntime" => Box::new(OrtBackend::new(
+            source,
+            OrtOptions {
+                lib: rt.ort_lib.clone(),
+                device: parse_device(&rt.device)?,
+                threads: rt.threads,
+            },
+        )?),
+        other => bail!("unknown --backend {other} (tract, ort)"),
+    };
+    Ok(Opened { backend, dicts })
+}
