@@ -32,7 +32,6 @@ fn eval_ok(args: &[&str]) -> String {
 
 type Lines = BTreeMap<usize, Vec<(String, String)>>;
 
-
 /// `PREFIX-id\trest` lines of a fairseq-generate style text, per id, in order.
 fn tagged(text: &str, tag: &str) -> BTreeMap<usize, Vec<String>> {
     let mut out: BTreeMap<usize, Vec<String>> = BTreeMap::new();
@@ -90,7 +89,10 @@ fn assert_same_lines(ours: &str, theirs: &str, what: &str) {
             max_diff = max_diff.max((g - w).abs());
             exact += usize::from(gs == ws);
             n += 1;
-            assert!((g - w).abs() <= 5e-6, "sentence {id}: score {gs}, {what} {ws}");
+            assert!(
+                (g - w).abs() <= 5e-6,
+                "sentence {id}: score {gs}, {what} {ws}"
+            );
         }
     }
     eprintln!("{what}: {exact}/{n} scores printed identically, max difference {max_diff:e}");
@@ -98,10 +100,17 @@ fn assert_same_lines(ours: &str, theirs: &str, what: &str) {
     for (id, want) in &p_theirs {
         assert_eq!(p_ours[id].len(), want.len(), "sentence {id}: P- lines");
         for (g, w) in p_ours[id].iter().zip(want) {
-            assert_eq!(g.split(' ').count(), w.split(' ').count(), "sentence {id}: {g} vs {w}");
+            assert_eq!(
+                g.split(' ').count(),
+                w.split(' ').count(),
+                "sentence {id}: {g} vs {w}"
+            );
             for (a, b) in g.split(' ').zip(w.split(' ')) {
                 let (a, b): (f64, f64) = (a.parse().unwrap(), b.parse().unwrap());
-                assert!((a - b).abs() <= 1.5e-4, "sentence {id}: P- {g} vs {what} {w}");
+                assert!(
+                    (a - b).abs() <= 1.5e-4,
+                    "sentence {id}: P- {g} vs {what} {w}"
+                );
             }
         }
     }
@@ -120,8 +129,19 @@ fn admin08_best_matches_fairseq_generate() {
     let data = f("data-bin-fairseq08");
     let expect = f("admin-fairseq08/generate-best.txt");
     let out = eval_ok(&[
-        &ckpt, "--data", &data, "--subset", "test", "--beam", "4", "--batch-size", "64",
-        "--remove-bpe", "--fairseq-format", "--expect-fairseq", &expect,
+        &ckpt,
+        "--data",
+        &data,
+        "--subset",
+        "test",
+        "--beam",
+        "4",
+        "--batch-size",
+        "64",
+        "--remove-bpe",
+        "--fairseq-format",
+        "--expect-fairseq",
+        &expect,
     ]);
     assert_same_as_fairseq(&out, "admin-fairseq08/generate-best.txt");
     // S- and T- lines as fairseq printed them.
@@ -131,7 +151,17 @@ fn admin08_best_matches_fairseq_generate() {
     assert!(!out.contains("\nD-"), "no D- lines in base e");
 
     // --quiet: only the summary, on stdout.
-    let out = eval_ok(&[&ckpt, "--data", &data, "--beam", "4", "--remove-bpe", "--quiet", "--expect-fairseq", &expect]);
+    let out = eval_ok(&[
+        &ckpt,
+        "--data",
+        &data,
+        "--beam",
+        "4",
+        "--remove-bpe",
+        "--quiet",
+        "--expect-fairseq",
+        &expect,
+    ]);
     summary_has(&out, &format!("Generate test with beam=4: {BEST08_BLEU}"));
     summary_has(&out, "expect-fairseq: 200/200 hypotheses identical");
     assert!(!out.contains("H-"));
@@ -141,8 +171,14 @@ fn admin08_best_matches_fairseq_generate() {
 fn admin08_averaged_bleu() {
     let out = eval_ok(&[
         &f("admin-fairseq08/averaged_last5.pt"),
-        "--data", &f("data-bin-fairseq08"), "--beam", "4", "--remove-bpe", "--quiet",
-        "--expect-fairseq", &f("admin-fairseq08/generate-avg5.txt"),
+        "--data",
+        &f("data-bin-fairseq08"),
+        "--beam",
+        "4",
+        "--remove-bpe",
+        "--quiet",
+        "--expect-fairseq",
+        &f("admin-fairseq08/generate-avg5.txt"),
     ]);
     summary_has(
         &out,
@@ -157,16 +193,26 @@ fn admin08_from_text_files() {
     let hyp = dir.path().join("hyp.txt");
     let out = eval_ok(&[
         &f("admin-fairseq08/checkpoint_best.pt"),
-        "--src", &f("corpus/bpe/test.src"), "--ref", &f("corpus/bpe/test.tgt"),
-        "--dict-dir", &f("data-bin"), "--beam", "4", "--remove-bpe",
-        "-o", hyp.to_str().unwrap(),
-        "--expect-fairseq", &f("admin-fairseq08/generate-best.txt"),
+        "--src",
+        &f("corpus/bpe/test.src"),
+        "--ref",
+        &f("corpus/bpe/test.tgt"),
+        "--dict-dir",
+        &f("data-bin"),
+        "--beam",
+        "4",
+        "--remove-bpe",
+        "-o",
+        hyp.to_str().unwrap(),
+        "--expect-fairseq",
+        &f("admin-fairseq08/generate-best.txt"),
     ]);
     summary_has(&out, BEST08_BLEU);
     summary_has(&out, "200/200 hypotheses identical");
     // Plain output: one de-BPE'd hypothesis per input line, in input order.
     let plain = std::fs::read_to_string(&hyp).unwrap();
-    let theirs = hyps(&std::fs::read_to_string(fixture("admin-fairseq08/generate-best.txt")).unwrap());
+    let theirs =
+        hyps(&std::fs::read_to_string(fixture("admin-fairseq08/generate-best.txt")).unwrap());
     let want: Vec<&str> = theirs.values().map(|v| v[0].1.as_str()).collect();
     assert_eq!(plain.lines().collect::<Vec<_>>(), want);
 }
@@ -175,10 +221,22 @@ fn admin08_from_text_files() {
 fn postln012_sacrebleu_and_base2_scores() {
     let out = eval_ok(&[
         &f("postln-fairseq012/checkpoint_best.pt"),
-        "--data", &f("data-bin"), "--beam", "4", "--batch-size", "64", "--remove-bpe",
-        "--scoring", "sacrebleu", "--fairseq-format", "--score-base", "2",
-        "-o", "/dev/stdout",
-        "--expect-fairseq", &f("postln-fairseq012/generate-best.sacrebleu.txt"),
+        "--data",
+        &f("data-bin"),
+        "--beam",
+        "4",
+        "--batch-size",
+        "64",
+        "--remove-bpe",
+        "--scoring",
+        "sacrebleu",
+        "--fairseq-format",
+        "--score-base",
+        "2",
+        "-o",
+        "/dev/stdout",
+        "--expect-fairseq",
+        &f("postln-fairseq012/generate-best.sacrebleu.txt"),
     ]);
     assert_same_as_fairseq(&out, "postln-fairseq012/generate-best.sacrebleu.txt");
     let theirs =
@@ -189,17 +247,31 @@ fn postln012_sacrebleu_and_base2_scores() {
         &out,
         "Generate test with beam=4: BLEU = 98.80 99.8/99.2/98.7/98.1 (BP = 0.998 ratio = 0.998 hyp_len = 1728 ref_len = 1731)",
     );
-    summary_has(&out, "sacreBLEU signature: nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:");
+    summary_has(
+        &out,
+        "sacreBLEU signature: nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:",
+    );
 }
 
 #[test]
 fn postln012_nbest4_without_bpe_removal() {
     let out = eval_ok(&[
         &f("postln-fairseq012/checkpoint_best.pt"),
-        "--data", &f("data-bin"), "--beam", "4", "--nbest", "4",
-        "--fairseq-format", "--score-base", "2", "--scoring", "sacrebleu",
-        "-o", "/dev/stdout",
-        "--expect-fairseq", &f("postln-fairseq012/generate-best.nbest4.nobpe.txt"),
+        "--data",
+        &f("data-bin"),
+        "--beam",
+        "4",
+        "--nbest",
+        "4",
+        "--fairseq-format",
+        "--score-base",
+        "2",
+        "--scoring",
+        "sacrebleu",
+        "-o",
+        "/dev/stdout",
+        "--expect-fairseq",
+        &f("postln-fairseq012/generate-best.nbest4.nobpe.txt"),
     ]);
     assert_same_as_fairseq(&out, "postln-fairseq012/generate-best.nbest4.nobpe.txt");
     assert!(hyps(&out).values().all(|v| v.len() == 4));
@@ -214,8 +286,17 @@ fn output_does_not_depend_on_the_batch_size() {
         .iter()
         .map(|b| {
             eval_ok(&[
-                &ckpt, "--data", &data, "--beam", "4", "--remove-bpe", "--batch-size", b,
-                "--required-batch-size-multiple", "1", "--fairseq-format",
+                &ckpt,
+                "--data",
+                &data,
+                "--beam",
+                "4",
+                "--remove-bpe",
+                "--batch-size",
+                b,
+                "--required-batch-size-multiple",
+                "1",
+                "--fairseq-format",
             ])
         })
         .collect();
@@ -226,7 +307,15 @@ fn output_does_not_depend_on_the_batch_size() {
     assert_same_lines(&outs[2], &outs[0], "--batch-size 64 vs 1");
     // --max-tokens batching too.
     let out = eval_ok(&[
-        &ckpt, "--data", &data, "--beam", "4", "--remove-bpe", "--max-tokens", "100", "--fairseq-format",
+        &ckpt,
+        "--data",
+        &data,
+        "--beam",
+        "4",
+        "--remove-bpe",
+        "--max-tokens",
+        "100",
+        "--fairseq-format",
     ]);
     assert_same_lines(&out, &outs[0], "--max-tokens 100 vs --batch-size 1");
 }
@@ -235,8 +324,14 @@ fn output_does_not_depend_on_the_batch_size() {
 fn json_summary_and_compare() {
     let o = eval(&[
         &f("admin-fairseq08/checkpoint_best.pt"),
-        "--data", &f("data-bin-fairseq08"), "--beam", "4", "--remove-bpe", "--json",
-        "--compare", &f("admin-fairseq08/averaged_last5.pt"),
+        "--data",
+        &f("data-bin-fairseq08"),
+        "--beam",
+        "4",
+        "--remove-bpe",
+        "--json",
+        "--compare",
+        &f("admin-fairseq08/averaged_last5.pt"),
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
@@ -257,8 +352,14 @@ fn expect_fairseq_mismatch_exits_1() {
     // The averaged model's hypotheses differ from the best checkpoint's.
     let o = eval(&[
         &f("admin-fairseq08/averaged_last5.pt"),
-        "--data", &f("data-bin-fairseq08"), "--beam", "4", "--remove-bpe", "--quiet",
-        "--expect-fairseq", &f("admin-fairseq08/generate-best.txt"),
+        "--data",
+        &f("data-bin-fairseq08"),
+        "--beam",
+        "4",
+        "--remove-bpe",
+        "--quiet",
+        "--expect-fairseq",
+        &f("admin-fairseq08/generate-best.txt"),
     ]);
     assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
     let out = stdout(&o);
@@ -285,9 +386,18 @@ fn exported_directory_with_its_dictionaries() {
     export::write_dir(&rec.model, &opts, dir.path()).unwrap();
     let out = eval_ok(&[
         dir.path().to_str().unwrap(),
-        "--src", &f("corpus/bpe/test.src"), "--ref", &f("corpus/bpe/test.tgt"),
-        "--beam", "4", "--remove-bpe", "--quiet", "--scoring", "sacrebleu",
-        "--expect-fairseq", &f("postln-fairseq012/generate-best.sacrebleu.txt"),
+        "--src",
+        &f("corpus/bpe/test.src"),
+        "--ref",
+        &f("corpus/bpe/test.tgt"),
+        "--beam",
+        "4",
+        "--remove-bpe",
+        "--quiet",
+        "--scoring",
+        "sacrebleu",
+        "--expect-fairseq",
+        &f("postln-fairseq012/generate-best.sacrebleu.txt"),
     ]);
     summary_has(&out, "BLEU = 98.80");
     summary_has(&out, "200/200 hypotheses identical");
@@ -313,9 +423,18 @@ fn ort_backend_gives_the_same_hypotheses() {
     }
     let out = eval_ok(&[
         &f("admin-fairseq08/checkpoint_best.pt"),
-        "--data", &f("data-bin-fairseq08"), "--beam", "4", "--remove-bpe",
-        "--backend", "ort", "--fairseq-format", "-o", "/dev/stdout",
-        "--expect-fairseq", &f("admin-fairseq08/generate-best.txt"),
+        "--data",
+        &f("data-bin-fairseq08"),
+        "--beam",
+        "4",
+        "--remove-bpe",
+        "--backend",
+        "ort",
+        "--fairseq-format",
+        "-o",
+        "/dev/stdout",
+        "--expect-fairseq",
+        &f("admin-fairseq08/generate-best.txt"),
     ]);
     assert_same_as_fairseq(&out, "admin-fairseq08/generate-best.txt");
     summary_has(&out, BEST08_BLEU);
@@ -333,14 +452,31 @@ fn bad_inputs_are_one_line_errors() {
     std::fs::write(dir.path().join("dict.src.txt"), "a 1\nb 1\n").unwrap();
     std::fs::write(dir.path().join("dict.tgt.txt"), "a 1\nb 1\n").unwrap();
     assert_one_line_error(
-        &eval(&[&ckpt, "--src", &src, "--dict-dir", dir.path().to_str().unwrap()]),
+        &eval(&[
+            &ckpt,
+            "--src",
+            &src,
+            "--dict-dir",
+            dir.path().to_str().unwrap(),
+        ]),
         "wrong dictionary",
     );
     // No such split.
-    assert_one_line_error(&eval(&[&ckpt, "--data", &f("data-bin"), "--subset", "valid"]), "valid");
+    assert_one_line_error(
+        &eval(&[&ckpt, "--data", &f("data-bin"), "--subset", "valid"]),
+        "valid",
+    );
     // Bad options.
     assert_one_line_error(
-        &eval(&[&ckpt, "--data", &f("data-bin"), "--beam", "2", "--nbest", "3"]),
+        &eval(&[
+            &ckpt,
+            "--data",
+            &f("data-bin"),
+            "--beam",
+            "2",
+            "--nbest",
+            "3",
+        ]),
         "--nbest",
     );
     assert_one_line_error(
@@ -352,7 +488,15 @@ fn bad_inputs_are_one_line_errors() {
         "tract",
     );
     assert_one_line_error(
-        &eval(&[&ckpt, "--data", &f("data-bin"), "--backend", "ort", "--ort-lib", "/nonexistent/libonnxruntime.so"]),
+        &eval(&[
+            &ckpt,
+            "--data",
+            &f("data-bin"),
+            "--backend",
+            "ort",
+            "--ort-lib",
+            "/nonexistent/libonnxruntime.so",
+        ]),
         "onnxruntime",
     );
     assert!(!Path::new("/nonexistent").exists());

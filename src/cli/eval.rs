@@ -264,7 +264,8 @@ fn idx_exists(prefix: &Path) -> bool {
 }
 
 fn read_lines(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(text.lines().map(str::to_string).collect())
 }
 
@@ -339,7 +340,10 @@ fn load_test_set(a: &EvalArgs, stored: Option<(Dictionary, Dictionary)>) -> Resu
         .collect();
     let refs = match &a.reference {
         Some(p) => {
-            let r: Vec<Vec<u32>> = read_lines(p)?.iter().map(|l| tgt_dict.encode_line(l)).collect();
+            let r: Vec<Vec<u32>> = read_lines(p)?
+                .iter()
+                .map(|l| tgt_dict.encode_line(l))
+                .collect();
             ensure!(
                 r.len() == src.len(),
                 "{} has {} lines but {} has {}",
@@ -469,7 +473,11 @@ fn decode(
     }
     let texts = hyps
         .iter()
-        .map(|hs| hs.iter().map(|h| set.tgt_dict.string(&ids(&h.tokens), bpe)).collect())
+        .map(|hs| {
+            hs.iter()
+                .map(|h| set.tgt_dict.string(&ids(&h.tokens), bpe))
+                .collect()
+        })
         .collect();
     let tokens = hyps.iter().map(|h| h[0].tokens.len()).sum();
     Ok(Decoded {
@@ -562,9 +570,15 @@ fn render(a: &EvalArgs, set: &TestSet, d: &Decoded, bpe: Option<BpeMode>) -> Str
             }
             continue;
         }
-        out.push_str(&format!("S-{i}\t{}\n", set.src_dict.string(&ids(&set.src[i]), bpe)));
+        out.push_str(&format!(
+            "S-{i}\t{}\n",
+            set.src_dict.string(&ids(&set.src[i]), bpe)
+        ));
         if let Some(refs) = &set.refs {
-            out.push_str(&format!("T-{i}\t{}\n", set.tgt_dict.string_escape_unk(&refs[i], bpe)));
+            out.push_str(&format!(
+                "T-{i}\t{}\n",
+                set.tgt_dict.string_escape_unk(&refs[i], bpe)
+            ));
         }
         for (h, text) in hs.iter().zip(&d.texts[i]) {
             let score = py_float(a.score_base.convert(h.score) as f64);
@@ -585,9 +599,13 @@ fn render(a: &EvalArgs, set: &TestSet, d: &Decoded, bpe: Option<BpeMode>) -> Str
 
 /// H- lines of a fairseq-generate output, per sentence id: (score in its
 /// base, text). The base is 2 when the file has D- lines (fairseq ≥ 0.9).
-fn read_fairseq(path: &Path) -> Result<(BTreeMap<usize, Vec<(f64, String)>>, bool)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut out: BTreeMap<usize, Vec<(f64, String)>> = BTreeMap::new();
+/// Per sentence id: (score as printed, text) of each H- line.
+type FairseqHyps = BTreeMap<usize, Vec<(f64, String)>>;
+
+fn read_fairseq(path: &Path) -> Result<(FairseqHyps, bool)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = FairseqHyps::new();
     let mut base2 = false;
     for (n, line) in text.lines().enumerate() {
         if line.starts_with("D-") {
@@ -603,7 +621,11 @@ fn read_fairseq(path: &Path) -> Result<(BTreeMap<usize, Vec<(f64, String)>>, boo
         let hyp = f.next().unwrap_or("").to_string();
         out.entry(id).or_default().push((score, hyp));
     }
-    ensure!(!out.is_empty(), "{}: no H- lines (not a fairseq-generate output?)", path.display());
+    ensure!(
+        !out.is_empty(),
+        "{}: no H- lines (not a fairseq-generate output?)",
+        path.display()
+    );
     Ok((out, base2))
 }
 
@@ -635,7 +657,8 @@ fn expect_fairseq(path: &Path, d: &Decoded) -> Result<Expectation> {
     }
     for (i, ours) in d.texts.iter().enumerate() {
         let Some(theirs) = want.get(&i) else {
-            e.differences.push(format!("{i}: no H-{i} line in {}", path.display()));
+            e.differences
+                .push(format!("{i}: no H-{i} line in {}", path.display()));
             continue;
         };
         let n = ours.len().min(theirs.len());
@@ -687,15 +710,16 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         None => None,
     };
     let load_start = Instant::now();
-    let Opened {
-        mut backend,
-        dicts,
-    } = open_model(&a.model, &a)?;
+    let Opened { mut backend, dicts } = open_model(&a.model, &a)?;
     let set = load_test_set(&a, dicts)?;
     check_vocab(backend.as_ref(), &set, &a.model)?;
     let load_seconds = load_start.elapsed().as_secs_f64();
 
-    let label = if a.compare.is_some() { "model 1" } else { "translating" };
+    let label = if a.compare.is_some() {
+        "model 1"
+    } else {
+        "translating"
+    };
     let d = decode(backend.as_mut(), &set, &a, bpe, label)?;
     let scores = score(&set, &d, bpe);
 
@@ -711,10 +735,17 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
 
     let comparison = match &a.compare {
         Some(other) => {
-            let Opened { backend: mut b2, .. } = open_model(other, &a)?;
+            let Opened {
+                backend: mut b2, ..
+            } = open_model(other, &a)?;
             check_vocab(b2.as_ref(), &set, other)?;
             let d2 = decode(b2.as_mut(), &set, &a, bpe, "model 2")?;
-            let identical = d.texts.iter().zip(&d2.texts).filter(|(x, y)| x == y).count();
+            let identical = d
+                .texts
+                .iter()
+                .zip(&d2.texts)
+                .filter(|(x, y)| x == y)
+                .count();
             let max_score_diff = d
                 .hyps
                 .iter()
@@ -755,7 +786,10 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             "score_base": a.score_base.name(),
         });
         let obj = j.as_object_mut().expect("an object");
-        obj.insert("scores".into(), scores.as_ref().map_or(Json::Null, Scores::json));
+        obj.insert(
+            "scores".into(),
+            scores.as_ref().map_or(Json::Null, Scores::json),
+        );
         if let Some(c) = &comparison {
             obj.insert(
                 "compare".into(),
@@ -791,17 +825,33 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             per_s(d.tokens, d.seconds),
             backend.name()
         )];
-        let subset = if a.data.is_some() { a.subset.as_str() } else { "input" };
+        let subset = if a.data.is_some() {
+            a.subset.as_str()
+        } else {
+            "input"
+        };
         if let Some(s) = &scores {
-            lines.push(format!("Generate {subset} with beam={}: {}", a.beam, s.line(a.scoring)));
+            lines.push(format!(
+                "Generate {subset} with beam={}: {}",
+                a.beam,
+                s.line(a.scoring)
+            ));
             if a.scoring == Scoring::Sacrebleu {
                 lines.push(format!("sacreBLEU signature: {}", s.signature));
             }
         }
         if let Some(c) = &comparison {
             if let (Some(s1), Some(s2)) = (&scores, &c.scores) {
-                lines.push(format!("model 1 {}: {}", a.model.display(), s1.line(a.scoring)));
-                lines.push(format!("model 2 {}: {}", c.other.display(), s2.line(a.scoring)));
+                lines.push(format!(
+                    "model 1 {}: {}",
+                    a.model.display(),
+                    s1.line(a.scoring)
+                ));
+                lines.push(format!(
+                    "model 2 {}: {}",
+                    c.other.display(),
+                    s2.line(a.scoring)
+                ));
             }
             lines.push(format!(
                 "compare: {}/{n} identical hypotheses, max |Δ score| {:.3e} (natural log)",

@@ -18,7 +18,6 @@ use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-
 #[derive(Parser)]
 #[command(
     name = "admin-convert",

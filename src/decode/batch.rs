@@ -54,7 +54,11 @@ pub fn ordered_indices(src_lens: &[usize], tgt_lens: Option<&[usize]>) -> Vec<us
 /// Cuts the test set into batches of sentence indices (into `src_lens`), in
 /// the order fairseq-generate decodes them. Lengths include the EOS;
 /// `tgt_lens` (when references are known) count towards a sentence's size.
-pub fn plan(src_lens: &[usize], tgt_lens: Option<&[usize]>, batching: &Batching) -> Result<Vec<Vec<usize>>> {
+pub fn plan(
+    src_lens: &[usize],
+    tgt_lens: Option<&[usize]>,
+    batching: &Batching,
+) -> Result<Vec<Vec<usize>>> {
     if let Some(t) = tgt_lens {
         if t.len() != src_lens.len() {
             bail!("{} sources but {} targets", src_lens.len(), t.len());
@@ -98,6 +102,9 @@ pub fn plan(src_lens: &[usize], tgt_lens: Option<&[usize]>, batching: &Batching)
     Ok(batches)
 }
 
+/// Progress callback of [`decode_all`]: a batch's sentence indices and hypotheses.
+pub type OnBatch<'a> = dyn FnMut(&[usize], &[Vec<Hypothesis>]) + 'a;
+
 /// Decodes every sentence of `src` (ids ending with EOS) in fairseq's
 /// batches; returns the hypotheses in input order. `on_batch` is called
 /// after each batch with its sentence indices and hypotheses (progress).
@@ -107,7 +114,7 @@ pub fn decode_all(
     tgt_lens: Option<&[usize]>,
     opts: &BeamOptions,
     batching: &Batching,
-    on_batch: &mut dyn FnMut(&[usize], &[Vec<Hypothesis>]),
+    on_batch: &mut OnBatch,
 ) -> Result<Vec<Vec<Hypothesis>>> {
     let src_lens: Vec<usize> = src.iter().map(Vec::len).collect();
     let mut out: Vec<Option<Vec<Hypothesis>>> = vec![None; src.len()];
@@ -137,7 +144,10 @@ mod tests {
             max_tokens: None,
             required_batch_size_multiple: 1,
         };
-        assert_eq!(plan(&src, None, &b).unwrap(), vec![vec![3, 1], vec![4, 0], vec![2, 5]]);
+        assert_eq!(
+            plan(&src, None, &b).unwrap(),
+            vec![vec![3, 1], vec![4, 0], vec![2, 5]]
+        );
         let tgt = [1, 1, 0, 1, 1, 1];
         let order = ordered_indices(&src, Some(&tgt));
         assert_eq!(order, vec![3, 1, 4, 2, 0, 5]);

@@ -27,6 +27,15 @@
 //! decoder on one row per sentence instead of `beam` identical rows (fairseq
 //! only reads the first beam at step 0), and the encoder output is
 //! expanded to the beams after that step.
+//!
+//! Batching: the search itself treats every sentence independently, so the
+//! hypotheses do not depend on how sentences are batched (checked against
+//! a plain one-sentence transcription of fairseq in `tests/beam.rs`, and on
+//! the fixtures with `--batch-size` 1, 7 and 64). The float32 log-probs a
+//! runtime returns for a row may differ in their last bits with the batch
+//! (left padding moves the keys to other SIMD lanes, and tract rounds
+//! some rows differently by their position in the batch), as fairseq's do;
+//! scores then agree to about 1e-7, not bit for bit.
 
 use crate::runtime::Backend;
 use crate::spec::{EOS, PAD, UNK};
@@ -136,7 +145,12 @@ struct Candidate {
 
 /// The `k` best of `scores` (flattened `rows × vocab`, `rows[j] + offset[j]`
 /// for row `j`), highest score first, ties by lower flat index.
-fn top_k(lprobs: &Array2<f32>, rows: std::ops::Range<usize>, offsets: &[f32], k: usize) -> Vec<Candidate> {
+fn top_k(
+    lprobs: &Array2<f32>,
+    rows: std::ops::Range<usize>,
+    offsets: &[f32],
+    k: usize,
+) -> Vec<Candidate> {
     let vocab = lprobs.ncols();
     let mut best: Vec<Candidate> = Vec::with_capacity(k + 1);
     if k == 0 {
@@ -149,10 +163,15 @@ fn top_k(lprobs: &Array2<f32>, rows: std::ops::Range<usize>, offsets: &[f32], k:
         for (v, &x) in lp.iter().enumerate() {
             let score = x + offset;
             // NaN never wins (fairseq 0.12 turns NaN into -inf).
-            let score = if score.is_nan() { f32::NEG_INFINITY } else { score };
+            let score = if score.is_nan() {
+                f32::NEG_INFINITY
+            } else {
+                score
+            };
             if best.len() == k {
-                // Equal scores keep the earlier (lower) index: strictly better only.
-                if !(score > best[k - 1].score) {
+                // Equal scores keep the earlier (lower) index: strictly
+                // better only (no NaN here: mapped to -inf above).
+                if score <= best[k - 1].score {
                     continue;
                 }
                 best.pop();
@@ -214,7 +233,10 @@ pub fn beam_search(
     let bsz = src.len();
     let mut tokens = Array2::from_elem((bsz, width), PAD as i64);
     for (i, s) in src.iter().enumerate() {
-        ensure!(!s.is_empty(), "source {i} is empty (every source ends with EOS)");
+        ensure!(
+            !s.is_empty(),
+            "source {i} is empty (every source ends with EOS)"
+        );
         for (j, &t) in s.iter().enumerate() {
             tokens[[i, width - s.len() + j]] = t;
         }
@@ -245,7 +267,10 @@ pub fn beam_search(
             sentences.len() * per
         );
         let vocab = lprobs.ncols();
-        ensure!(vocab > EOS, "the target vocabulary has only {vocab} entries");
+        ensure!(
+            vocab > EOS,
+            "the target vocabulary has only {vocab} entries"
+        );
         adjust(&mut lprobs, step, max_len, opts);
         // fairseq: k = min(2·beam, rows·vocab − 1), "-1 so we never select pad".
         let k = (2 * beam).min(per * vocab - 1);
@@ -297,7 +322,12 @@ pub fn beam_search(
                 hyps.truncate(opts.nbest);
                 done[sent.index] = Some(hyps);
             } else {
-                let active: Vec<Candidate> = cands.iter().filter(|c| !is_eos(c)).take(beam).copied().collect();
+                let active: Vec<Candidate> = cands
+                    .iter()
+                    .filter(|c| !is_eos(c))
+                    .take(beam)
+                    .copied()
+                    .collect();
                 if active.len() < beam {
                     bail!(
                         "beam {beam} is too wide for a target vocabulary of {vocab} (step {step})"
@@ -309,13 +339,19 @@ pub fn beam_search(
         if next.is_empty() {
             break;
         }
-        ensure!(step < max_len, "internal error: hypotheses still open after max_len");
+        ensure!(
+            step < max_len,
+            "internal error: hypotheses still open after max_len"
+        );
 
         // New beams, the decoder rows they continue and their last tokens.
         let dropped = next.len() < sentences.len();
         let mut rows = Vec::with_capacity(next.len() * beam);
         let mut prev_tokens = Vec::with_capacity(next.len() * beam);
-        let mut old: Vec<Option<Sentence>> = std::mem::take(&mut sentences).into_iter().map(Some).collect();
+        let mut old: Vec<Option<Sentence>> = std::mem::take(&mut sentences)
+            .into_iter()
+            .map(Some)
+            .collect();
         for (si, active) in next {
             let mut sent = old[si].take().expect("each sentence once");
             sent.beams = active
@@ -344,6 +380,8 @@ pub fn beam_search(
     }
     done.into_iter()
         .enumerate()
-        .map(|(i, d)| d.ok_or_else(|| anyhow::anyhow!("internal error: sentence {i} never finished")))
+        .map(|(i, d)| {
+            d.ok_or_else(|| anyhow::anyhow!("internal error: sentence {i} never finished"))
+        })
         .collect()
 }
