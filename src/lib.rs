@@ -21,6 +21,7 @@
 
 pub mod cli;
 pub mod data;
+pub mod decode;
 pub mod export;
 pub mod inspect;
 pub mod metrics;

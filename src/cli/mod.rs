@@ -2,6 +2,9 @@
 //! subcommand. Kept thin: each command parses its flags into library types
 //! and prints what the library returns.
 
+mod average;
+mod cast;
+pub mod eval;
 mod export;
 mod fold;
 pub mod model;
@@ -14,9 +17,6 @@ use anyhow::{anyhow, Result};
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-
-mod average;
-mod cast;
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +43,8 @@ enum Command {
     Average(average::AverageArgs),
     /// Convert every float tensor to one dtype (fp32, fp16, bf16).
     Cast(cast::CastArgs),
+    /// Translate a test set with fairseq's beam search and score it (BLEU, sacreBLEU).
+    Eval(Box<eval::EvalArgs>),
 }
 
 /// Hyper-parameters a checkpoint may not record (bare safetensors).
@@ -127,6 +129,7 @@ pub fn run() -> Result<ExitCode> {
         Command::Export(a) => export::run(a),
         Command::Average(a) => average::run(a),
         Command::Cast(a) => cast::run(a),
+        Command::Eval(a) => eval::run(*a),
     }
 }
 

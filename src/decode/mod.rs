@@ -1,0 +1,10 @@
+//! Decoding with an exported model: fairseq-generate's beam search
+//! ([`beam`]) over length-grouped batches ([`batch`]). The backend is any
+//! [`crate::runtime::Backend`] (tract or onnxruntime); the semantics are
+//! those of `shared/spec/fairseq.md` § Beam search.
+
+pub mod batch;
+pub mod beam;
+
+pub use batch::{decode_all, plan, Batching};
+pub use beam::{beam_search, BeamOptions, Hypothesis};
