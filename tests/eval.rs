@@ -501,3 +501,152 @@ fn bad_inputs_are_one_line_errors() {
     );
     assert!(!Path::new("/nonexistent").exists());
 }
+
+#[test]
+fn every_generate_fixture() {
+    // (checkpoint, data, flags, fairseq output, metric line it printed)
+    let cases: [(&str, &str, &[&str], &str, &str); 6] = [
+        ("admin-fairseq08/checkpoint_best.pt", "data-bin-fairseq08", &["--remove-bpe", "--scoring", "sacrebleu"],
+         "admin-fairseq08/generate-best.sacrebleu.txt",
+         "BLEU = 92.18 98.2/93.8/90.5/86.6 (BP = 1.000 ratio = 1.013 hyp_len = 1753 ref_len = 1731)"),
+        ("admin-fairseq08/checkpoint_best.pt", "data-bin-fairseq08", &[],
+         "admin-fairseq08/generate-best.nobpe.txt",
+         "BLEU4 = 93.13, 98.3/94.5/91.6/88.4 (BP=1.000, ratio=1.012, syslen=1931, reflen=1909)"),
+        ("admintorch-fairseq012/checkpoint_best.pt", "data-bin", &["--remove-bpe"],
+         "admintorch-fairseq012/generate-best.txt",
+         "BLEU4 = 84.34, 99.5/91.6/84.0/77.3 (BP=0.962, ratio=0.962, syslen=1666, reflen=1731)"),
+        ("postln-fairseq0122/checkpoint_best.pt", "data-bin", &["--remove-bpe", "--scoring", "sacrebleu"],
+         "postln-fairseq0122/generate-best.sacrebleu.txt",
+         "BLEU = 96.59 99.5/97.5/95.8/93.7 (BP = 1.000 ratio = 1.002 hyp_len = 1735 ref_len = 1731)"),
+        ("postln-fairseq012/averaged_last5.pt", "data-bin", &["--remove-bpe"],
+         "postln-fairseq012/generate-avg5.txt",
+         "BLEU4 = 98.47, 100.0/98.9/98.2/97.3 (BP=0.999, ratio=0.999, syslen=1729, reflen=1731)"),
+        ("postln-fairseq012/averaged_last5.pt", "data-bin", &["--remove-bpe", "--scoring", "sacrebleu"],
+         "postln-fairseq012/generate-avg5.sacrebleu.txt", "BLEU = "),
+    ];
+    for (ckpt, data, flags, expect, metric) in cases {
+        let (ckpt, data, expect) = (f(ckpt), f(data), f(expect));
+        let base = if expect.contains("fairseq08") {
+            "e"
+        } else {
+            "2"
+        };
+        let mut args = vec![
+            &ckpt[..],
+            "--data",
+            &data,
+            "--beam",
+            "4",
+            "--batch-size",
+            "64",
+            "--fairseq-format",
+            "--score-base",
+            base,
+            "-o",
+            "/dev/stdout",
+            "--expect-fairseq",
+            &expect,
+        ];
+        args.extend_from_slice(flags);
+        let out = eval_ok(&args);
+        assert_same_as_fairseq(
+            &out,
+            expect.strip_prefix(&f("")).unwrap().trim_start_matches('/'),
+        );
+        summary_has(&out, "200/200 hypotheses identical");
+        let printed = std::fs::read_to_string(&expect).unwrap();
+        let line = printed.lines().last().unwrap();
+        assert!(line.contains(metric), "{line}");
+        let ours = out
+            .lines()
+            .find(|l| l.starts_with("Generate test"))
+            .unwrap();
+        let theirs = &line[line.find("Generate test").unwrap()..];
+        assert_eq!(ours, theirs, "{expect}");
+    }
+}
+
+#[test]
+fn folded_and_exported_models_decode_the_same() {
+    let dir = tempfile::tempdir().unwrap();
+    let folded = dir.path().join("folded.safetensors");
+    let ckpt = f("admin-fairseq08/checkpoint_best.pt");
+    let data = f("data-bin-fairseq08");
+    let o = run(&[
+        "fold",
+        &ckpt,
+        "--data",
+        &data,
+        "--dict-dir",
+        &data,
+        "-o",
+        folded.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "fold: {}", stderr(&o));
+    // The folded file decodes like stock fairseq decoded it, and like the
+    // unfolded model.
+    let folded_s = folded.to_str().unwrap();
+    let out = eval_ok(&[
+        folded_s,
+        "--data",
+        &data,
+        "--beam",
+        "4",
+        "--remove-bpe",
+        "--quiet",
+        "--expect-fairseq",
+        &f("folded/admin-fairseq08-folded.generate-fairseq012.txt"),
+        "--compare",
+        &ckpt,
+    ]);
+    summary_has(&out, BEST08_BLEU);
+    summary_has(&out, "200/200 hypotheses identical");
+    summary_has(&out, "compare: 200/200 identical hypotheses");
+    // Exported graphs with their dictionaries: no --dict-dir needed; fp16 too.
+    let onnx = dir.path().join("onnx");
+    let o = run(&[
+        "export",
+        folded_s,
+        "--onnx",
+        "--fp16",
+        "--dict-dir",
+        &data,
+        "-o",
+        onnx.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "export: {}", stderr(&o));
+    let onnx_s = onnx.to_str().unwrap();
+    let out = eval_ok(&[
+        onnx_s,
+        "--src",
+        &f("corpus/bpe/test.src"),
+        "--ref",
+        &f("corpus/bpe/test.tgt"),
+        "--beam",
+        "4",
+        "--remove-bpe",
+        "--quiet",
+        "--expect-fairseq",
+        &f("admin-fairseq08/generate-best.txt"),
+    ]);
+    summary_has(&out, BEST08_BLEU);
+    summary_has(&out, "200/200 hypotheses identical");
+    let o = eval(&[
+        onnx_s,
+        "--src",
+        &f("corpus/bpe/test.src"),
+        "--ref",
+        &f("corpus/bpe/test.tgt"),
+        "--beam",
+        "4",
+        "--remove-bpe",
+        "--quiet",
+        "--fp16",
+        "--json",
+    ]);
+    assert!(o.status.success(), "fp16: {}", stderr(&o));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(j["precision"], "fp16");
+    let bleu = j["scores"]["bleu"]["score"].as_f64().unwrap();
+    assert!((bleu - 92.18).abs() < 1.0, "fp16 BLEU {bleu}");
+}
