@@ -37,8 +37,12 @@ for m in "original|$ckpt|" "folded|$out/admin-folded.safetensors|" \
   printf '  %-11s %s\n' "$name" "$avg"
 done
 
-if $bin --help | grep -q '^  eval'; then
-  echo "== beam search parity with fairseq-generate (beam 4)"
-  $bin eval "$ckpt" --data $fx/data-bin-fairseq08 --beam 4 --remove-bpe --quiet \
-    --compare "$out/admin-onnx" --expect-fairseq $fx/admin-fairseq08/generate-best.txt -o "$out/hyps.txt"
-fi
+echo "== beam 4: original (unfolded) vs the fork's fairseq-generate, and vs the folded ONNX export"
+$bin eval "$ckpt" --data $fx/data-bin-fairseq08 --beam 4 --remove-bpe --quiet -o "$out/hyps.txt" \
+  --expect-fairseq $fx/admin-fairseq08/generate-best.txt --compare "$out/admin-onnx"
+echo "== beam 4: folded ONNX on onnxruntime vs fairseq-generate"
+$bin eval "$out/admin-onnx" --backend ort --data $fx/data-bin-fairseq08 --beam 4 --remove-bpe --quiet \
+  --expect-fairseq $fx/admin-fairseq08/generate-best.txt
+echo "== beam 4: ONNX fp32 vs fp16"
+$bin eval "$out/admin-onnx" --data $fx/data-bin-fairseq08 --beam 4 --remove-bpe --quiet \
+  --compare "$out/admin-onnx" --compare-fp16

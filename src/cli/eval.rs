@@ -110,6 +110,12 @@ pub struct EvalArgs {
     /// Also decode with this model; report both BLEU, identical hypotheses, max |Δ score|.
     #[arg(long)]
     pub compare: Option<PathBuf>,
+    /// Run the --compare model on its fp16 graphs (fp32 vs fp16 parity).
+    #[arg(long)]
+    pub compare_fp16: bool,
+    /// Backend for the --compare model (default: --backend).
+    #[arg(long)]
+    pub compare_backend: Option<String>,
     /// A fairseq-generate output: compare its H- lines with ours (exit 1 if any differ).
     #[arg(long)]
     pub expect_fairseq: Option<PathBuf>,
@@ -157,9 +163,13 @@ impl ScoreBase {
 /// Opens MODEL with the shared [`open`]; an export directory without
 /// dictionary files may still carry them in its graphs' metadata.
 fn open_model(path: &Path, a: &EvalArgs) -> Result<Opened> {
-    let mut opened = open(path, &a.model_args, &a.runtime, None)?;
+    open_with(path, a, &a.runtime)
+}
+
+fn open_with(path: &Path, a: &EvalArgs, runtime: &RuntimeArgs) -> Result<Opened> {
+    let mut opened = open(path, &a.model_args, runtime, None)?;
     if opened.dicts.is_none() && path.is_dir() {
-        let precision = if a.runtime.fp16 {
+        let precision = if runtime.fp16 {
             Precision::Fp16
         } else {
             Precision::Fp32
@@ -735,9 +745,14 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
 
     let comparison = match &a.compare {
         Some(other) => {
+            let mut runtime = a.runtime.clone();
+            runtime.fp16 |= a.compare_fp16;
+            if let Some(b) = &a.compare_backend {
+                runtime.backend = b.clone();
+            }
             let Opened {
                 backend: mut b2, ..
-            } = open_model(other, &a)?;
+            } = open_with(other, &a, &runtime)?;
             check_vocab(b2.as_ref(), &set, other)?;
             let d2 = decode(b2.as_mut(), &set, &a, bpe, "model 2")?;
             let identical = d

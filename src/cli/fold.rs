@@ -31,27 +31,15 @@ pub struct FoldArgs {
     /// Write even if values overflow the output dtype or the fold check fails.
     #[arg(long)]
     force: bool,
-    /// Directory with fairseq dict.src.txt / dict.tgt.txt (or dict.<lang>.txt) to embed.
-    #[arg(long)]
-    dict_dir: Option<PathBuf>,
     /// Largest acceptable max |Δ log-prob| between original and folded model.
     #[arg(long, default_value_t = 1e-4)]
     tolerance: f32,
     /// Random probe sentence pairs used for the check (when no test data is given).
     #[arg(long, default_value_t = 16)]
     probe_sentences: usize,
-    /// Check on these source sentences (BPE'd text) instead of random tokens.
-    #[arg(long, requires = "reference")]
-    src: Option<PathBuf>,
-    /// References for --src.
-    #[arg(long = "ref")]
-    reference: Option<PathBuf>,
-    /// Check on a fairseq binarized split instead of random tokens.
-    #[arg(long, conflicts_with = "src")]
-    data: Option<PathBuf>,
-    /// Split of --data.
-    #[arg(long, default_value = "test")]
-    subset: String,
+    /// Test sentences to check the fold on (random tokens when absent).
+    #[command(flatten)]
+    input: super::score::DataArgs,
     /// Print a JSON report.
     #[arg(long)]
     json: bool,
@@ -93,7 +81,7 @@ pub fn run(a: FoldArgs) -> Result<ExitCode> {
     let dtype = parse_dtype(&a.dtype)
         .with_context(|| format!("unknown --dtype {} (fp32, fp16, bf16)", a.dtype))?;
     let (ckpt, rec) = load(&a.checkpoint, &a.model)?;
-    let dict_dir = a.dict_dir.clone().or_else(|| a.data.clone());
+    let dict_dir = a.input.dict_dir();
     let dicts = match &dict_dir {
         Some(d) => Some(read_dicts(d)?),
         None => ckpt
@@ -108,18 +96,12 @@ pub fn run(a: FoldArgs) -> Result<ExitCode> {
     let original = &rec.model;
     let (folded, summary) = fold_with_summary(original, mode);
     let c = &original.config;
-    let probe = if a.data.is_some() || a.src.is_some() {
+    let probe = if a.input.given() {
         let d = match &dict_dir {
             Some(d) => super::model::dicts_in(d)?,
             None => bail!("--src/--ref need --dict-dir DIR to encode the sentences"),
         };
-        let pairs = super::score::load_pairs(
-            a.src.as_deref(),
-            a.reference.as_deref(),
-            a.data.as_deref(),
-            &a.subset,
-            &d,
-        )?;
+        let pairs = a.input.pairs(&d)?;
         Probe {
             sources: pairs.sources,
             targets: pairs.targets,
@@ -168,7 +150,7 @@ pub fn run(a: FoldArgs) -> Result<ExitCode> {
         "input_dtypes": input_dtypes,
         "input_mixed_float_dtypes": mixed,
         "probe_sentences": probe.sources.len(),
-        "probe": if a.data.is_some() || a.src.is_some() { "test data" } else { "random tokens" },
+        "probe": if a.input.given() { "test data" } else { "random tokens" },
         "max_abs_diff": diff,
         "tolerance": a.tolerance,
         "passed": passed,
@@ -225,7 +207,7 @@ pub fn run(a: FoldArgs) -> Result<ExitCode> {
         println!(
             "check: max |Δ log-prob| = {diff:.3e} over {} {} sentence pairs (tolerance {:.0e}): {}",
             probe.sources.len(),
-            if a.data.is_some() || a.src.is_some() {
+            if a.input.given() {
                 "test"
             } else {
                 "random probe"

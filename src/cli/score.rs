@@ -16,21 +16,8 @@ use std::process::ExitCode;
 pub struct ScoreArgs {
     /// Checkpoint (.pt / .safetensors) or a directory written by `export`.
     model: PathBuf,
-    /// Source sentences, one per line (BPE applied, as the model was trained).
-    #[arg(long, requires = "reference")]
-    src: Option<PathBuf>,
-    /// Reference translations, one per line.
-    #[arg(long = "ref")]
-    reference: Option<PathBuf>,
-    /// fairseq binarized data directory (instead of --src/--ref).
-    #[arg(long, conflicts_with = "src")]
-    data: Option<PathBuf>,
-    /// Split of --data to score.
-    #[arg(long, default_value = "test")]
-    subset: String,
-    /// Directory holding dict.src.txt / dict.tgt.txt (default: --data, or the model's own).
-    #[arg(long)]
-    dict_dir: Option<PathBuf>,
+    #[command(flatten)]
+    input: DataArgs,
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
     /// Log base of printed scores: e (natural, fairseq 0.8) or 2 (fairseq 0.12).
@@ -46,6 +33,50 @@ pub struct ScoreArgs {
     runtime: RuntimeArgs,
     #[command(flatten)]
     model_args: ModelArgs,
+}
+
+/// Where test sentences come from: BPE'd text + dictionaries, or a fairseq
+/// binarized split.
+#[derive(Args, Clone, Debug, Default)]
+pub struct DataArgs {
+    /// Source sentences, one per line (BPE applied, as the model was trained).
+    #[arg(long, requires = "reference")]
+    pub src: Option<PathBuf>,
+    /// Reference translations, one per line.
+    #[arg(long = "ref")]
+    pub reference: Option<PathBuf>,
+    /// fairseq binarized data directory (instead of --src/--ref).
+    #[arg(long, conflicts_with = "src")]
+    pub data: Option<PathBuf>,
+    /// Split of --data.
+    #[arg(long, default_value = "test")]
+    pub subset: String,
+    /// Directory holding dict.src.txt / dict.tgt.txt (default: --data, or the model's own).
+    #[arg(long)]
+    pub dict_dir: Option<PathBuf>,
+}
+
+impl DataArgs {
+    /// True when test sentences were given.
+    pub fn given(&self) -> bool {
+        self.src.is_some() || self.data.is_some()
+    }
+
+    /// The dictionary directory: --dict-dir, else --data.
+    pub fn dict_dir(&self) -> Option<PathBuf> {
+        self.dict_dir.clone().or_else(|| self.data.clone())
+    }
+
+    /// The sentence pairs, encoded with `dicts` where text is given.
+    pub fn pairs(&self, dicts: &(Dictionary, Dictionary)) -> Result<Pairs> {
+        load_pairs(
+            self.src.as_deref(),
+            self.reference.as_deref(),
+            self.data.as_deref(),
+            &self.subset,
+            dicts,
+        )
+    }
 }
 
 /// Source and reference token ids (each ending in EOS) plus reference text.
@@ -158,7 +189,7 @@ pub fn run(a: ScoreArgs) -> Result<ExitCode> {
         "2" => true,
         b => bail!("unknown --score-base {b} (e, 2)"),
     };
-    let dict_dir = a.dict_dir.clone().or_else(|| a.data.clone());
+    let dict_dir = a.input.dict_dir();
     let mut opened = open(&a.model, &a.model_args, &a.runtime, dict_dir.as_deref())?;
     let dicts = opened.dicts.take().with_context(|| {
         format!(
@@ -166,13 +197,7 @@ pub fn run(a: ScoreArgs) -> Result<ExitCode> {
             a.model.display()
         )
     })?;
-    let pairs = load_pairs(
-        a.src.as_deref(),
-        a.reference.as_deref(),
-        a.data.as_deref(),
-        &a.subset,
-        &dicts,
-    )?;
+    let pairs = a.input.pairs(&dicts)?;
     let scored = crate::score::score(
         opened.backend.as_mut(),
         &pairs.sources,

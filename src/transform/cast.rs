@@ -32,6 +32,9 @@ impl CastStats {
     }
 }
 
+/// A half-width conversion: the stored bytes and the value they read back as.
+type HalfConv = fn(f32) -> ([u8; 2], f32);
+
 /// Convert `data` to a float `dtype` (f32, f16, bf16), counting losses.
 pub fn from_f32(dtype: DType, shape: Vec<usize>, data: &[f32]) -> (RawTensor, CastStats) {
     let mut st = CastStats::default();
@@ -42,34 +45,32 @@ pub fn from_f32(dtype: DType, shape: Vec<usize>, data: &[f32]) -> (RawTensor, Ca
             st.inf += 1;
         }
     }
-    let bytes: Vec<u8> = match dtype {
-        DType::F16 => {
+    let half: Option<HalfConv> = match dtype {
+        DType::F16 => Some(|x| {
+            let h = f16::from_f32(x);
+            (h.to_le_bytes(), h.to_f32())
+        }),
+        DType::BF16 => Some(|x| {
+            let h = bf16::from_f32(x);
+            (h.to_le_bytes(), h.to_f32())
+        }),
+        _ => None,
+    };
+    let bytes: Vec<u8> = match half {
+        Some(conv) => {
             let mut out = Vec::with_capacity(data.len() * 2);
             for &x in data {
-                let h = f16::from_f32(x);
-                if x.is_finite() && h.is_infinite() {
+                let (b, back) = conv(x);
+                if x.is_finite() && back.is_infinite() {
                     st.overflow += 1;
-                } else if x != 0.0 && x.is_finite() && h.to_f32() == 0.0 {
+                } else if x != 0.0 && x.is_finite() && back == 0.0 {
                     st.flushed_to_zero += 1;
                 }
-                out.extend_from_slice(&h.to_le_bytes());
+                out.extend_from_slice(&b);
             }
             out
         }
-        DType::BF16 => {
-            let mut out = Vec::with_capacity(data.len() * 2);
-            for &x in data {
-                let h = bf16::from_f32(x);
-                if x.is_finite() && h.is_infinite() {
-                    st.overflow += 1;
-                } else if x != 0.0 && x.is_finite() && h.to_f32() == 0.0 {
-                    st.flushed_to_zero += 1;
-                }
-                out.extend_from_slice(&h.to_le_bytes());
-            }
-            out
-        }
-        _ => bytemuck::cast_slice::<f32, u8>(data).to_vec(),
+        None => bytemuck::cast_slice::<f32, u8>(data).to_vec(),
     };
     let dtype = if matches!(dtype, DType::F16 | DType::BF16) {
         dtype
