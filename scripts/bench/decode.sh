@@ -69,7 +69,7 @@ declare -A ckpt=([tiny]=fixtures/postln-fairseq012/checkpoint_best.pt)
 models=${MODELS:-"tiny base"}
 if [[ " $models " == *" base "* ]]; then
   if [ $peer = 1 ]; then
-    "$py" - fixtures/postln-fairseq012/checkpoint_best.pt "$PWD/fixtures/data-bin" "$work/base.pt" <<'PY'
+    "$py" - fixtures/postln-fairseq012/checkpoint_best.pt "$PWD/fixtures/data-bin" "$work/base.pt" >/dev/null 2>&1 <<'PY'
 import sys, torch
 from fairseq import tasks
 src, data, out = sys.argv[1:]
