@@ -399,6 +399,30 @@ fn unflatten(g: &mut Graph, x: &str, bt: &str, n: usize) -> V {
     g.op("Reshape", &[x, &shape], vec![])
 }
 
+/// Self-attention inputs of a sublayer: one fused q|k|v projection, q
+/// scaled by head_dim^-½ (after its bias, as fairseq), all split into heads.
+fn self_qkv(
+    g: &mut Graph,
+    h: &str,
+    p: &str,
+    a: &crate::spec::Attention,
+    (d, heads, hd): (usize, usize, usize),
+    layout: Layout,
+) -> (V, V, V) {
+    let qkv = linear(
+        g,
+        h,
+        &format!("{p}.self_attn.qkv_proj"),
+        &[&a.q, &a.k, &a.v],
+    );
+    let parts = g.split_last(&qkv, d, 3);
+    let q = scale_q(g, &parts[0], hd);
+    let q = split_heads(g, &q, heads, hd, layout);
+    let k = split_heads(g, &parts[1], heads, hd, layout);
+    let v = split_heads(g, &parts[2], heads, hd, layout);
+    (q, k, v)
+}
+
 fn scale_q(g: &mut Graph, q: &str, hd: usize) -> V {
     let s = g.float_scalar((hd as f64).powf(-0.5) as f32, g.float);
     g.mul(q, &s)
@@ -557,17 +581,7 @@ pub fn encoder(m: &Model, fp16: bool) -> Result<pb::GraphProto> {
             &format!("{p}.self_attn"),
             &format!("{p}.self_attn_layer_norm"),
             |g, h| {
-                let qkv = linear(
-                    g,
-                    h,
-                    &format!("{p}.self_attn.qkv_proj"),
-                    &[&a.q, &a.k, &a.v],
-                );
-                let parts = g.split_last(&qkv, d, 3);
-                let q = scale_q(g, &parts[0], hd);
-                let q = split_heads(g, &q, heads, hd, layout);
-                let k = split_heads(g, &parts[1], heads, hd, layout);
-                let v = split_heads(g, &parts[2], heads, hd, layout);
+                let (q, k, v) = self_qkv(g, h, &p, a, (d, heads, hd), layout);
                 let o = attend(g, &q, &k, &v, Some(&bias));
                 let o = merge_heads(g, &o, d, layout);
                 linear(g, &o, &format!("{p}.self_attn.out_proj"), &[&a.out])
@@ -666,17 +680,7 @@ fn decoder_body(
             &format!("{p}.self_attn"),
             &format!("{p}.self_attn_layer_norm"),
             |g, h| {
-                let qkv = linear(
-                    g,
-                    h,
-                    &format!("{p}.self_attn.qkv_proj"),
-                    &[&a.q, &a.k, &a.v],
-                );
-                let parts = g.split_last(&qkv, d, 3);
-                let q = scale_q(g, &parts[0], hd);
-                let q = split_heads(g, &q, heads, hd, layout);
-                let k = split_heads(g, &parts[1], heads, hd, layout);
-                let v = split_heads(g, &parts[2], heads, hd, layout);
+                let (q, k, v) = self_qkv(g, h, &p, a, (d, heads, hd), layout);
                 let o = match &mode {
                     SelfAttn::Full { bias } => attend(g, &q, &k, &v, Some(*bias)),
                     SelfAttn::Step { past } => {
