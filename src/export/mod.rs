@@ -81,6 +81,15 @@ pub enum GraphKind {
 }
 
 impl GraphKind {
+    /// Position in [`GraphKind::ALL`]: where runtimes keep this graph.
+    pub fn index(self) -> usize {
+        match self {
+            GraphKind::Encoder => 0,
+            GraphKind::Decoder => 1,
+            GraphKind::DecoderFull => 2,
+        }
+    }
+
     pub const ALL: [GraphKind; 3] = [
         GraphKind::Encoder,
         GraphKind::Decoder,

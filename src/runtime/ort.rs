@@ -217,14 +217,6 @@ pub struct OrtBackend {
     spill_dir: Option<PathBuf>,
 }
 
-fn slot(kind: GraphKind) -> usize {
-    match kind {
-        GraphKind::Encoder => 0,
-        GraphKind::Decoder => 1,
-        GraphKind::DecoderFull => 2,
-    }
-}
-
 impl OrtBackend {
     /// Loads onnxruntime and prepares a backend; the encoder session is
     /// created now, the decoders on first use.
@@ -285,7 +277,7 @@ impl OrtBackend {
     }
 
     fn load(&mut self, kind: GraphKind) -> Result<&mut Loaded> {
-        let i = slot(kind);
+        let i = kind.index();
         if self.sessions[i].is_none() {
             let mut b = Session::builder(&self.env.env).map_err(ort_err)?;
             if let Some(n) = self.opts.threads {

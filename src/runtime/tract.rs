@@ -20,14 +20,6 @@ pub struct TractBackend {
     graphs: [Option<Loaded>; 3],
 }
 
-fn slot(kind: GraphKind) -> usize {
-    match kind {
-        GraphKind::Encoder => 0,
-        GraphKind::Decoder => 1,
-        GraphKind::DecoderFull => 2,
-    }
-}
-
 impl TractBackend {
     /// Prepares a backend; the encoder is loaded now (to read the model's
     /// dimensions), the decoders on first use.
@@ -59,7 +51,7 @@ impl TractBackend {
     }
 
     fn load(&mut self, kind: GraphKind) -> Result<&mut Loaded> {
-        let i = slot(kind);
+        let i = kind.index();
         if self.graphs[i].is_none() {
             let what = self
                 .source
