@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-python.sh   # onnxruntime library for --backend ort
 cargo build --release --quiet
-bin=target/release/admin-convert
+bin=${CARGO_TARGET_DIR:-target}/release/admin-convert
 fx=fixtures
 out=${OUT_DIR:-target/demo}
 mkdir -p "$out"

@@ -14,7 +14,7 @@ py=${1:-}
 [ -n "$py" ] || { [ -x ../peer/bin/python ] && py=../peer/bin/python; } || true
 [ -n "$py" ] || { echo "need a Python with torch: scripts/bench/average.sh /path/to/python" >&2; exit 2; }
 cargo build --release --quiet
-bin=$PWD/target/release/admin-convert
+bin=$(realpath "${CARGO_TARGET_DIR:-target}")/release/admin-convert
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$py" - "$work/base.pt" <<'PY'

@@ -32,7 +32,7 @@ B=${BATCH:-32}
 T=${THREADS:-2}
 scripts/setup-python.sh
 cargo build --release --quiet
-bin=$PWD/target/release/admin-convert
+bin=$(realpath "${CARGO_TARGET_DIR:-target}")/release/admin-convert
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 peer=0
