@@ -26,6 +26,7 @@ pub mod decode;
 pub mod export;
 pub mod inspect;
 pub mod metrics;
+pub mod native;
 pub mod read;
 pub mod recognise;
 pub mod runtime;

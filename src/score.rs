@@ -56,8 +56,7 @@ pub fn score(
                 prev[[r, j + 1]] = x;
             }
         }
-        let enc = backend.encode(src.view())?;
-        let lp = backend.teacher_forced(&enc, prev.view())?;
+        let lp = backend.forced(src.view(), prev.view())?;
         for (r, &i) in chunk.iter().enumerate() {
             let t = &targets[i];
             let positional: Vec<f32> = t

@@ -16,7 +16,9 @@ use std::sync::Arc;
 /// Which runtime runs the graphs.
 #[derive(Args, Clone, Debug)]
 pub struct RuntimeArgs {
-    /// tract (pure Rust, CPU; the default) or ort (onnxruntime, CPU or CUDA).
+    /// tract (pure Rust, CPU; the default), ort (onnxruntime, CPU or CUDA) or
+    /// native (pure Rust, CPU, float32, no ONNX: the fastest on the CPU;
+    /// checkpoints only).
     #[arg(long, default_value = "tract")]
     pub backend: String,
     /// cpu, or cuda[:N] (onnxruntime only; fails loudly if CUDA cannot be used).
@@ -28,7 +30,8 @@ pub struct RuntimeArgs {
     /// Run the fp16 graphs.
     #[arg(long)]
     pub fp16: bool,
-    /// onnxruntime intra-op threads.
+    /// Threads: onnxruntime intra-op threads, native engine threads
+    /// (default: every CPU). tract runs on one thread.
     #[arg(long)]
     pub threads: Option<usize>,
 }
@@ -72,6 +75,25 @@ pub fn open(
     } else {
         Precision::Fp32
     };
+    let native = rt.backend == "native";
+    if native {
+        if rt.device != "cpu" {
+            bail!(
+                "--backend native runs on the CPU only; use --backend ort for --device {}",
+                rt.device
+            );
+        }
+        if rt.fp16 {
+            bail!("--backend native runs float32 only; use --backend ort or tract for --fp16");
+        }
+        if path.is_dir() {
+            bail!(
+                "{}: --backend native runs checkpoints, not exported ONNX directories (use --backend tract or ort)",
+                path.display()
+            );
+        }
+    }
+    let mut native_backend = None;
     let (source, mut dicts) = if path.is_dir() {
         if !path
             .join(crate::export::GraphKind::Encoder.file_name(precision))
@@ -89,7 +111,7 @@ pub fn open(
         } else {
             None
         };
-        (GraphSource::Dir(path.to_path_buf(), precision), dicts)
+        (Some(GraphSource::Dir(path.to_path_buf(), precision)), dicts)
     } else {
         let (ckpt, rec) = load(path, model)?;
         let dicts = match ckpt.embedded_dicts() {
@@ -99,13 +121,22 @@ pub fn open(
             )),
             None => None,
         };
-        let graphs = export::export(&rec.model, precision, &ExportOptions::default())
-            .with_context(|| format!("{}: export", path.display()))?;
-        (GraphSource::Memory(Arc::new(graphs)), dicts)
+        if native {
+            native_backend = Some(
+                crate::native::NativeBackend::new(&rec.model, rt.threads)
+                    .with_context(|| format!("{}: native engine", path.display()))?,
+            );
+            (None, dicts)
+        } else {
+            let graphs = export::export(&rec.model, precision, &ExportOptions::default())
+                .with_context(|| format!("{}: export", path.display()))?;
+            (Some(GraphSource::Memory(Arc::new(graphs))), dicts)
+        }
     };
     if let Some(d) = dict_dir {
         dicts = Some(dicts_in(d)?);
     }
+    let graphs = || source.clone().expect("graphs exported above unless native");
     let backend: Box<dyn Backend> = match rt.backend.as_str() {
         "tract" => {
             if rt.device != "cpu" {
@@ -114,17 +145,18 @@ pub fn open(
                     rt.device
                 );
             }
-            Box::new(TractBackend::new(source)?)
+            Box::new(TractBackend::new(graphs())?)
         }
         "ort" | "onnxruntime" => Box::new(OrtBackend::new(
-            source,
+            graphs(),
             OrtOptions {
                 lib: rt.ort_lib.clone(),
                 device: parse_device(&rt.device)?,
                 threads: rt.threads,
             },
         )?),
-        other => bail!("unknown --backend {other} (tract, ort)"),
+        "native" => Box::new(native_backend.expect("built above for a checkpoint")),
+        other => bail!("unknown --backend {other} (tract, ort, native)"),
     };
     Ok(Opened { backend, dicts })
 }

@@ -244,8 +244,7 @@ pub fn beam_search(
     let info = *backend.info();
     let max_len = opts.max_len(width, info.max_target_positions);
 
-    let mut enc = backend.encode(tokens.view())?;
-    let mut dec = backend.start(&enc)?;
+    let mut session = backend.begin(tokens.view())?;
     let mut sentences: Vec<Sentence> = (0..bsz)
         .map(|index| Sentence {
             index,
@@ -259,7 +258,7 @@ pub fn beam_search(
     for step in 0..=max_len {
         // Rows per sentence in this step's decoder batch: 1 at step 0.
         let per = if step == 0 { 1 } else { beam };
-        let mut lprobs = backend.step(&enc, &mut dec, prev.view())?;
+        let mut lprobs = session.step(prev.view())?;
         ensure!(
             lprobs.nrows() == sentences.len() * per,
             "the decoder returned {} rows for {} hypotheses",
@@ -369,13 +368,9 @@ pub fn beam_search(
                 .collect();
             sentences.push(sent);
         }
-        dec.reorder(&rows)?;
-        // All encoder rows of a sentence are equal, so the same row list
-        // expands them to the beams (after step 0) and drops finished
-        // sentences; otherwise the encoder state stays as it is.
-        if step == 0 || dropped {
-            enc = enc.select(&rows)?;
-        }
+        // Sentences change at step 0 (expanded to their beams) and when
+        // finished ones leave the batch.
+        session.reorder(&rows, step == 0 || dropped)?;
         prev = Array1::from(prev_tokens);
     }
     done.into_iter()

@@ -233,6 +233,43 @@ impl DecoderState {
     }
 }
 
+/// Incremental decoding of one batch, as beam search drives it.
+pub trait Session {
+    /// Feeds one token per row (`[rows]`); returns the float32 log-probs of
+    /// the next token, `[rows, vocab]`.
+    fn step(&mut self, prev_tokens: ArrayView1<i64>) -> Result<Array2<f32>>;
+
+    /// Row `i` of the next step continues row `rows[i]` of the last one
+    /// (beams reordered; repeats expand a sentence to its beams; missing
+    /// rows drop finished sentences). `sentences_changed` is true when the
+    /// rows of some sentence were added or dropped, not only reordered.
+    fn reorder(&mut self, rows: &[usize], sentences_changed: bool) -> Result<()>;
+}
+
+/// [`Session`] on the exported graphs: the encoder state and the
+/// self-attention cache, reordered by copying rows.
+pub struct GraphSession<'a, B: Backend + ?Sized> {
+    backend: &'a mut B,
+    enc: EncoderState,
+    dec: DecoderState,
+}
+
+impl<B: Backend + ?Sized> Session for GraphSession<'_, B> {
+    fn step(&mut self, prev_tokens: ArrayView1<i64>) -> Result<Array2<f32>> {
+        self.backend.step(&self.enc, &mut self.dec, prev_tokens)
+    }
+
+    fn reorder(&mut self, rows: &[usize], sentences_changed: bool) -> Result<()> {
+        self.dec.reorder(rows)?;
+        // All encoder rows of a sentence are equal: the same row list
+        // expands or drops them.
+        if sentences_changed {
+            self.enc = self.enc.select(rows)?;
+        }
+        Ok(())
+    }
+}
+
 /// Graph outputs by name.
 pub struct Outputs(pub Vec<(String, Value)>);
 
@@ -257,6 +294,30 @@ pub trait Backend {
 
     /// Runs one graph on named inputs; returns its outputs by name.
     fn run(&mut self, kind: GraphKind, inputs: &[(&str, &Value)]) -> Result<Outputs>;
+
+    /// Starts decoding left-padded `src_tokens` `[batch, src_len]`: one
+    /// decoder row per sentence.
+    fn begin<'a>(&'a mut self, src_tokens: ArrayView2<i64>) -> Result<Box<dyn Session + 'a>> {
+        let enc = self.encode(src_tokens)?;
+        let dec = self.start(&enc)?;
+        Ok(Box::new(GraphSession {
+            backend: self,
+            enc,
+            dec,
+        }))
+    }
+
+    /// Teacher forcing from the sources: float32 log-probs `[batch,
+    /// tgt_len, vocab]` of every position of right-padded
+    /// `prev_output_tokens` (positions past a row's end are unspecified).
+    fn forced(
+        &mut self,
+        src_tokens: ArrayView2<i64>,
+        prev_output_tokens: ArrayView2<i64>,
+    ) -> Result<Array3<f32>> {
+        let enc = self.encode(src_tokens)?;
+        self.teacher_forced(&enc, prev_output_tokens)
+    }
 
     /// Encodes left-padded `src_tokens` `[batch, src_len]`.
     fn encode(&mut self, src_tokens: ArrayView2<i64>) -> Result<EncoderState> {

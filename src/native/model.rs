@@ -1,0 +1,410 @@
+//! The model in the native engine's layout: every linear map packed for
+//! [`super::gemm`], fused q|k|v (self-attention) and k|v (cross-attention)
+//! projections, position tables materialised, and the row-wise operations
+//! (LayerNorm, residual scales, activations, attention, log-softmax) that
+//! follow `shared/spec/fairseq.md` exactly as the exported graphs do.
+
+use super::gemm::Packed;
+use crate::export::fairseq::LN_EPS;
+use crate::export::GraphInfo;
+use crate::spec::{self, Activation, Model, Positions};
+use anyhow::{ensure, Result};
+use ndarray::{concatenate, Array2, Axis};
+
+/// LayerNorm affine parameters.
+pub(crate) struct Norm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+}
+
+impl Norm {
+    fn of(ln: &spec::LayerNorm) -> Norm {
+        Norm {
+            gamma: ln.gamma.to_vec(),
+            beta: ln.beta.to_vec(),
+        }
+    }
+
+    /// Normalises every row of `x` (`[rows, d]`) in place.
+    pub(crate) fn apply(&self, x: &mut [f32]) {
+        let d = self.gamma.len();
+        for row in x.chunks_exact_mut(d) {
+            let mean = row.iter().sum::<f32>() / d as f32;
+            let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+            let inv = 1.0 / (var + LN_EPS).sqrt();
+            for ((v, g), b) in row.iter_mut().zip(&self.gamma).zip(&self.beta) {
+                *v = (*v - mean) * inv * g + b;
+            }
+        }
+    }
+}
+
+/// `x ⊙ ω + g · h`.
+pub(crate) struct Residual {
+    omega: Option<Vec<f32>>,
+    gate: Option<f32>,
+}
+
+impl Residual {
+    /// `x ← x ⊙ ω + g · h` over rows of width `d`.
+    fn apply(&self, x: &mut [f32], h: &[f32], d: usize) {
+        match (&self.omega, self.gate) {
+            (None, None) => x.iter_mut().zip(h).for_each(|(x, h)| *x += h),
+            (omega, gate) => {
+                for (xr, hr) in x.chunks_exact_mut(d).zip(h.chunks_exact(d)) {
+                    for (j, (x, &h)) in xr.iter_mut().zip(hr).enumerate() {
+                        let xs = match omega {
+                            Some(o) if o.len() == 1 => *x * o[0],
+                            Some(o) => *x * o[j],
+                            None => *x,
+                        };
+                        let hs = match gate {
+                            Some(g) => h * g,
+                            None => h,
+                        };
+                        *x = xs + hs;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A sublayer: its function, LayerNorm and residual scale.
+pub(crate) struct Sub<F> {
+    pub f: F,
+    norm: Option<Norm>,
+    res: Residual,
+}
+
+impl<F> Sub<F> {
+    fn of<G>(s: &spec::Sublayer<G>, f: F) -> Sub<F> {
+        Sub {
+            f,
+            norm: s.norm.as_ref().map(Norm::of),
+            res: Residual {
+                omega: s.residual.omega.clone(),
+                gate: s.residual.gate,
+            },
+        }
+    }
+
+    /// Runs the sublayer on the stream `x` (`[rows, d]`) in place:
+    /// Pre-LN `x + F(LN(x))`, else `LN(x ⊙ ω + g·F(x))` (LN when present).
+    /// `body(input, output)` computes `F`; `tmp` holds the normalised input.
+    pub(crate) fn run(
+        &self,
+        x: &mut [f32],
+        d: usize,
+        pre_ln: bool,
+        tmp: &mut Vec<f32>,
+        out: &mut Vec<f32>,
+        body: impl FnOnce(&[f32], &mut Vec<f32>),
+    ) {
+        if pre_ln {
+            let input: &[f32] = match &self.norm {
+                Some(n) => {
+                    tmp.clear();
+                    tmp.extend_from_slice(x);
+                    n.apply(tmp);
+                    tmp
+                }
+                None => x,
+            };
+            body(input, out);
+            self.res.apply(x, out, d);
+        } else {
+            body(x, out);
+            self.res.apply(x, out, d);
+            if let Some(n) = &self.norm {
+                n.apply(x);
+            }
+        }
+    }
+}
+
+/// Self-attention: fused `q|k|v` and the output projection.
+pub(crate) struct SelfAttn {
+    pub qkv: Packed,
+    pub out: Packed,
+}
+
+/// Cross-attention: `q` on the decoder stream, fused `k|v` on the encoder
+/// output, the output projection.
+pub(crate) struct CrossAttn {
+    pub q: Packed,
+    pub kv: Packed,
+    pub out: Packed,
+}
+
+pub(crate) struct Ffn {
+    pub fc1: Packed,
+    pub fc2: Packed,
+}
+
+pub(crate) struct EncoderLayer {
+    pub attn: Sub<SelfAttn>,
+    pub ffn: Sub<Ffn>,
+}
+
+pub(crate) struct DecoderLayer {
+    pub attn: Sub<SelfAttn>,
+    pub cross: Sub<CrossAttn>,
+    pub ffn: Sub<Ffn>,
+}
+
+/// Token table, scale, position table, `layernorm_embedding`.
+pub(crate) struct Embed {
+    tokens: Array2<f32>,
+    scale: f32,
+    positions: Option<Array2<f32>>,
+    norm: Option<Norm>,
+}
+
+impl Embed {
+    fn of(e: &spec::Embedding, max_positions: usize) -> Embed {
+        let d = e.tokens.ncols();
+        Embed {
+            tokens: e.tokens.clone(),
+            scale: e.scale,
+            positions: match &e.positions {
+                Positions::None => None,
+                Positions::Sinusoidal => {
+                    Some(spec::sinusoidal_table(max_positions + spec::PAD + 1, d))
+                }
+                Positions::Learned(t) => Some(t.clone()),
+            },
+            norm: e.layernorm.as_ref().map(Norm::of),
+        }
+    }
+
+    /// Appends the embedding of `token` at position row `pos` to `out`.
+    pub(crate) fn push(&self, token: usize, pos: usize, out: &mut Vec<f32>) {
+        let start = out.len();
+        let row = self.tokens.row(token);
+        if self.scale != 1.0 {
+            out.extend(row.iter().map(|v| v * self.scale));
+        } else {
+            out.extend(row.iter());
+        }
+        if let Some(p) = &self.positions {
+            for (o, p) in out[start..].iter_mut().zip(p.row(pos)) {
+                *o += p;
+            }
+        }
+    }
+
+    /// Applies `layernorm_embedding` (if any) to rows of embeddings.
+    pub(crate) fn finish(&self, x: &mut [f32]) {
+        if let Some(n) = &self.norm {
+            n.apply(x);
+        }
+    }
+
+    /// Number of position rows (positions are `PAD + 1 + k`).
+    pub(crate) fn position_rows(&self) -> Option<usize> {
+        self.positions.as_ref().map(Array2::nrows)
+    }
+}
+
+/// A model ready for the native engine.
+pub struct NativeModel {
+    pub(crate) info: GraphInfo,
+    pub(crate) activation: Activation,
+    pub(crate) enc_d: usize,
+    pub(crate) enc_heads: usize,
+    pub(crate) enc_pre: bool,
+    pub(crate) dec_d: usize,
+    pub(crate) dec_heads: usize,
+    pub(crate) dec_pre: bool,
+    pub(crate) enc_embed: Embed,
+    pub(crate) enc_layers: Vec<EncoderLayer>,
+    pub(crate) enc_final: Option<Norm>,
+    pub(crate) dec_embed: Embed,
+    pub(crate) dec_layers: Vec<DecoderLayer>,
+    pub(crate) dec_final: Option<Norm>,
+    pub(crate) output: Packed,
+}
+
+fn packed(l: &spec::Linear) -> Packed {
+    Packed::new(l.weight.view(), l.bias.as_ref().and_then(|b| b.as_slice()))
+}
+
+/// Several linears fused along the output axis (missing biases are zero).
+fn fused(ls: &[&spec::Linear]) -> Packed {
+    let ws: Vec<_> = ls.iter().map(|l| l.weight.view()).collect();
+    let w = concatenate(Axis(0), &ws).expect("validated shapes");
+    let bias: Option<Vec<f32>> = ls.iter().any(|l| l.bias.is_some()).then(|| {
+        ls.iter()
+            .flat_map(|l| match &l.bias {
+                Some(b) => b.to_vec(),
+                None => vec![0.0; l.weight.nrows()],
+            })
+            .collect()
+    });
+    Packed::new(w.view(), bias.as_deref())
+}
+
+impl NativeModel {
+    /// Builds the engine's layout from a recognised model (unfolded or
+    /// folded: residual scales are applied as they are).
+    pub fn new(m: &Model) -> Result<NativeModel> {
+        crate::export::fairseq::validate(m)?;
+        let w = &m.weights;
+        let c = &m.config;
+        let enc_d = w.encoder_embed.tokens.ncols();
+        let dec_d = w.decoder_embed.tokens.ncols();
+        ensure!(
+            c.encoder_attention_heads > 0 && enc_d % c.encoder_attention_heads == 0,
+            "encoder width {enc_d} is not a multiple of {} heads",
+            c.encoder_attention_heads
+        );
+        ensure!(
+            c.decoder_attention_heads > 0 && dec_d % c.decoder_attention_heads == 0,
+            "decoder width {dec_d} is not a multiple of {} heads",
+            c.decoder_attention_heads
+        );
+        let ffn = |f: &spec::FeedForward| Ffn {
+            fc1: packed(&f.fc1),
+            fc2: packed(&f.fc2),
+        };
+        let self_attn = |a: &spec::Attention| SelfAttn {
+            qkv: fused(&[&a.q, &a.k, &a.v]),
+            out: packed(&a.out),
+        };
+        Ok(NativeModel {
+            info: GraphInfo::of(m),
+            activation: c.activation_fn,
+            enc_d,
+            enc_heads: c.encoder_attention_heads,
+            enc_pre: c.encoder_normalize_before,
+            dec_d,
+            dec_heads: c.decoder_attention_heads,
+            dec_pre: c.decoder_normalize_before,
+            enc_embed: Embed::of(&w.encoder_embed, c.max_source_positions),
+            enc_layers: w
+                .encoder_layers
+                .iter()
+                .map(|l| EncoderLayer {
+                    attn: Sub::of(&l.self_attn, self_attn(&l.self_attn.f)),
+                    ffn: Sub::of(&l.ffn, ffn(&l.ffn.f)),
+                })
+                .collect(),
+            enc_final: w.encoder_final_norm.as_ref().map(Norm::of),
+            dec_embed: Embed::of(&w.decoder_embed, c.max_target_positions),
+            dec_layers: w
+                .decoder_layers
+                .iter()
+                .map(|l| DecoderLayer {
+                    attn: Sub::of(&l.self_attn, self_attn(&l.self_attn.f)),
+                    cross: Sub::of(
+                        &l.cross_attn,
+                        CrossAttn {
+                            q: packed(&l.cross_attn.f.q),
+                            kv: fused(&[&l.cross_attn.f.k, &l.cross_attn.f.v]),
+                            out: packed(&l.cross_attn.f.out),
+                        },
+                    ),
+                    ffn: Sub::of(&l.ffn, ffn(&l.ffn.f)),
+                })
+                .collect(),
+            dec_final: w.decoder_final_norm.as_ref().map(Norm::of),
+            output: Packed::new(w.output_projection.view(), None),
+        })
+    }
+
+    pub fn info(&self) -> &GraphInfo {
+        &self.info
+    }
+
+    pub(crate) fn enc_embed_rows(&self) -> usize {
+        self.enc_embed.tokens.nrows()
+    }
+
+    pub(crate) fn dec_embed_rows(&self) -> usize {
+        self.dec_embed.tokens.nrows()
+    }
+}
+
+/// The feed-forward activation in place, in float32 as fairseq computes it.
+pub(crate) fn activate(x: &mut [f32], act: Activation) {
+    match act {
+        Activation::Relu => x.iter_mut().for_each(|v| *v = v.max(0.0)),
+        Activation::Linear => {}
+        Activation::Tanh => x.iter_mut().for_each(|v| *v = v.tanh()),
+        Activation::Swish => x.iter_mut().for_each(|v| *v *= 1.0 / (1.0 + (-*v).exp())),
+        Activation::Gelu => x.iter_mut().for_each(|v| {
+            let e = libm::erff(*v * std::f32::consts::FRAC_1_SQRT_2) + 1.0;
+            *v = *v * e * 0.5;
+        }),
+        Activation::GeluAccurate => {
+            let a = (2.0f64 / std::f64::consts::PI).sqrt() as f32;
+            x.iter_mut().for_each(|v| {
+                let x = *v;
+                let inner = (x + x * x * x * 0.044715) * a;
+                *v = x * 0.5 * (inner.tanh() + 1.0);
+            })
+        }
+    }
+}
+
+/// `out[hd] = softmax(q · kⱼ) · vⱼ` over keys given by `key(j)` / `value(j)`
+/// slices; `probs` is scratch of at least `n` entries.
+pub(crate) fn attend<'a>(
+    q: &[f32],
+    n: usize,
+    key: impl Fn(usize) -> &'a [f32],
+    value: impl Fn(usize) -> &'a [f32],
+    probs: &mut Vec<f32>,
+    out: &mut [f32],
+) {
+    probs.clear();
+    let mut max = f32::NEG_INFINITY;
+    for j in 0..n {
+        let s = dot(q, key(j));
+        max = max.max(s);
+        probs.push(s);
+    }
+    let mut sum = 0.0f32;
+    for p in probs.iter_mut() {
+        *p = (*p - max).exp();
+        sum += *p;
+    }
+    out.fill(0.0);
+    if n == 0 {
+        return;
+    }
+    for (j, p) in probs.iter().enumerate() {
+        let p = p / sum;
+        for (o, v) in out.iter_mut().zip(value(j)) {
+            *o += p * v;
+        }
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight partial sums: vectorisable, and the same order for every row.
+    let mut acc = [0.0f32; 8];
+    let (ac, ar) = a.split_at(a.len() / 8 * 8);
+    let (bc, br) = b[..a.len()].split_at(ac.len());
+    for (x, y) in ac.chunks_exact(8).zip(bc.chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (x, y) in ar.iter().zip(br) {
+        s += x * y;
+    }
+    s
+}
+
+/// `x ← log_softmax(x)` per row of width `n`.
+pub(crate) fn log_softmax(x: &mut [f32], n: usize) {
+    for row in x.chunks_exact_mut(n) {
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f32 = row.iter().map(|v| (v - max).exp()).sum();
+        let lse = sum.ln();
+        row.iter_mut().for_each(|v| *v = *v - max - lse);
+    }
+}
