@@ -128,6 +128,21 @@ fn admin08_best_matches_fairseq_generate() {
     let ckpt = f("admin-fairseq08/checkpoint_best.pt");
     let data = f("data-bin-fairseq08");
     let expect = f("admin-fairseq08/generate-best.txt");
+    // The default (native) and the exported graphs on tract.
+    for backend in ["auto", "tract"] {
+        let out = eval_ok(&[
+            &ckpt,
+            "--backend",
+            backend,
+            "--data",
+            &data,
+            "--beam",
+            "4",
+            "--remove-bpe",
+            "--fairseq-format",
+        ]);
+        assert_same_as_fairseq(&out, "admin-fairseq08/generate-best.txt");
+    }
     let out = eval_ok(&[
         &ckpt,
         "--data",
@@ -301,10 +316,41 @@ fn output_does_not_depend_on_the_batch_size() {
         })
         .collect();
     assert_same_as_fairseq(&outs[0], "admin-fairseq08/generate-best.txt");
-    // Same hypotheses; float32 scores equal up to the last bits (a row's
-    // rounding depends on its place in the batch and the padded width).
-    assert_same_lines(&outs[1], &outs[0], "--batch-size 7 vs 1");
-    assert_same_lines(&outs[2], &outs[0], "--batch-size 64 vs 1");
+    // The native engine sums every row in the same order: identical output,
+    // scores included, whatever the batch.
+    let untimed = |s: &str| -> String {
+        s.lines()
+            .filter(|l| !l.starts_with("Translated "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(untimed(&outs[1]), untimed(&outs[0]), "--batch-size 7 vs 1");
+    assert_eq!(untimed(&outs[2]), untimed(&outs[0]), "--batch-size 64 vs 1");
+    // On the graphs (tract): same hypotheses; float32 scores equal up to the
+    // last bits (a row's rounding depends on its place in the batch and the
+    // padded width).
+    for b in ["7", "64"] {
+        let out = eval_ok(&[
+            &ckpt,
+            "--backend",
+            "tract",
+            "--data",
+            &data,
+            "--beam",
+            "4",
+            "--remove-bpe",
+            "--batch-size",
+            b,
+            "--required-batch-size-multiple",
+            "1",
+            "--fairseq-format",
+        ]);
+        assert_same_lines(
+            &out,
+            &outs[0],
+            &format!("tract --batch-size {b} vs native 1"),
+        );
+    }
     // --max-tokens batching too.
     let out = eval_ok(&[
         &ckpt,
@@ -483,9 +529,38 @@ fn bad_inputs_are_one_line_errors() {
         &eval(&[&ckpt, "--data", &f("data-bin"), "--remove-bpe", "bogus"]),
         "--remove-bpe",
     );
+    let data = f("data-bin");
     assert_one_line_error(
-        &eval(&[&ckpt, "--data", &f("data-bin"), "--device", "cuda"]),
+        &eval(&[
+            &ckpt,
+            "--data",
+            &data,
+            "--device",
+            "cuda",
+            "--backend",
+            "tract",
+        ]),
         "tract",
+    );
+    assert_one_line_error(
+        &eval(&[
+            &ckpt,
+            "--data",
+            &data,
+            "--device",
+            "cuda",
+            "--backend",
+            "native",
+        ]),
+        "native",
+    );
+    assert_one_line_error(
+        &eval(&[&ckpt, "--data", &data, "--fp16", "--backend", "native"]),
+        "float32",
+    );
+    assert_one_line_error(
+        &eval(&[&ckpt, "--data", &data, "--backend", "bogus"]),
+        "--backend",
     );
     assert_one_line_error(
         &eval(&[

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): beam-4 decoding speed and peak memory of
-# `admin-convert eval` (tract and onnxruntime), CTranslate2 and
+# `admin-convert eval` (native engine, tract and onnxruntime), CTranslate2 and
 # fairseq-generate on the same model and sentences, side by side.
 #
 #   scripts/bench/decode.sh [PEER_PYTHON]     (default: ../peer/bin/python)
@@ -15,8 +15,8 @@
 # sentences (the test split repeated, binarized by fairseq-preprocess).
 #
 # Environment: N (default 2000), BATCH (default 32), MODELS ("tiny base"),
-# SETS ("test synth"), THREADS (default 2: onnxruntime, CTranslate2 and
-# torch intra-op threads; tract runs single-threaded), DEVICE=cuda adds
+# SETS ("test synth"), THREADS (default 2: native engine, onnxruntime,
+# CTranslate2 and torch threads; tract runs single-threaded), DEVICE=cuda adds
 # onnxruntime on CUDA (fp32, fp16).
 #
 # Each row: model, sentences, tool, sentences/s, target tokens/s (decoding
@@ -104,7 +104,7 @@ for m in $models; do
   fi
   for s in $sets; do
     n=$(if [ "$s" = test ]; then echo 200; else echo "$N"; fi)
-    runs=("tract:--backend tract" "onnxruntime:--backend ort --threads $T")
+    runs=("native:--backend native --threads $T" "tract:--backend tract" "onnxruntime:--backend ort --threads $T")
     [ "${DEVICE:-cpu}" = cuda ] && runs+=("ort-cuda:--backend ort --device cuda" "ort-cuda-fp16:--backend ort --device cuda --fp16")
     for r in "${runs[@]}"; do
       tool=${r%%:*}

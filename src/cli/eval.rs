@@ -749,6 +749,9 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             runtime.fp16 |= a.compare_fp16;
             if let Some(b) = &a.compare_backend {
                 runtime.backend = b.clone();
+            } else if runtime.fp16 && runtime.backend == "native" {
+                // The native engine is float32: fp16 runs on the graphs.
+                runtime.backend = "auto".into();
             }
             let Opened {
                 backend: mut b2, ..

@@ -16,10 +16,11 @@ use std::sync::Arc;
 /// Which runtime runs the graphs.
 #[derive(Args, Clone, Debug)]
 pub struct RuntimeArgs {
-    /// tract (pure Rust, CPU; the default), ort (onnxruntime, CPU or CUDA) or
-    /// native (pure Rust, CPU, float32, no ONNX: the fastest on the CPU;
-    /// checkpoints only).
-    #[arg(long, default_value = "tract")]
+    /// native (pure Rust, CPU, float32, straight from a checkpoint: the
+    /// fastest on the CPU), tract (pure Rust, CPU, runs the ONNX graphs) or
+    /// ort (onnxruntime, CPU or CUDA). auto: native for a checkpoint, tract
+    /// for an export directory or --fp16, ort for --device cuda.
+    #[arg(long, default_value = "auto")]
     pub backend: String,
     /// cpu, or cuda[:N] (onnxruntime only; fails loudly if CUDA cannot be used).
     #[arg(long, default_value = "cpu")]
@@ -63,6 +64,16 @@ pub fn dicts_in(dir: &Path) -> Result<(Dictionary, Dictionary)> {
     Ok((parse(&s, "source")?, parse(&t, "target")?))
 }
 
+/// The backend `--backend` names, `auto` resolved.
+pub fn resolve_backend<'a>(path: &Path, rt: &'a RuntimeArgs) -> &'a str {
+    match rt.backend.as_str() {
+        "auto" if rt.device != "cpu" => "ort",
+        "auto" if path.is_dir() || rt.fp16 => "tract",
+        "auto" => "native",
+        other => other,
+    }
+}
+
 /// Open MODEL (checkpoint file or export directory) on the chosen runtime.
 pub fn open(
     path: &Path,
@@ -75,7 +86,8 @@ pub fn open(
     } else {
         Precision::Fp32
     };
-    let native = rt.backend == "native";
+    let name = resolve_backend(path, rt);
+    let native = name == "native";
     if native {
         if rt.device != "cpu" {
             bail!(
@@ -137,7 +149,7 @@ pub fn open(
         dicts = Some(dicts_in(d)?);
     }
     let graphs = || source.clone().expect("graphs exported above unless native");
-    let backend: Box<dyn Backend> = match rt.backend.as_str() {
+    let backend: Box<dyn Backend> = match name {
         "tract" => {
             if rt.device != "cpu" {
                 bail!(
@@ -156,7 +168,7 @@ pub fn open(
             },
         )?),
         "native" => Box::new(native_backend.expect("built above for a checkpoint")),
-        other => bail!("unknown --backend {other} (tract, ort, native)"),
+        other => bail!("unknown --backend {other} (auto, native, tract, ort)"),
     };
     Ok(Opened { backend, dicts })
 }

@@ -385,8 +385,8 @@ impl StepCtx<'_> {
             &mut s.probs,
         );
         for (li, l) in m.dec_layers.iter().enumerate() {
-            let nk: &mut [f32] = &mut new_k[li];
-            let nv: &mut [f32] = &mut new_v[li];
+            let nk: &mut [f32] = new_k[li];
+            let nv: &mut [f32] = new_v[li];
             let pk = &self.past_k[li];
             let pv = &self.past_v[li];
             l.attn.run(x, d, m.dec_pre, tmp, out, |h, out| {

@@ -162,7 +162,7 @@ mod x86 {
         b: &[f32],
         tile: &mut [f32; MR * NR],
     ) {
-        assert!(mr >= 1 && mr <= MR && b.len() >= kc * NR);
+        assert!((1..=MR).contains(&mr) && b.len() >= kc * NR);
         assert!(a.len() >= (mr - 1) * lda + kc);
         // SAFETY: `kernel()` selects this function only when AVX2 and FMA
         // are available; the asserts above bound every read of `a` and `b`.

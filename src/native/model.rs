@@ -255,12 +255,12 @@ impl NativeModel {
         let enc_d = w.encoder_embed.tokens.ncols();
         let dec_d = w.decoder_embed.tokens.ncols();
         ensure!(
-            c.encoder_attention_heads > 0 && enc_d % c.encoder_attention_heads == 0,
+            c.encoder_attention_heads > 0 && enc_d.is_multiple_of(c.encoder_attention_heads),
             "encoder width {enc_d} is not a multiple of {} heads",
             c.encoder_attention_heads
         );
         ensure!(
-            c.decoder_attention_heads > 0 && dec_d % c.decoder_attention_heads == 0,
+            c.decoder_attention_heads > 0 && dec_d.is_multiple_of(c.decoder_attention_heads),
             "decoder width {dec_d} is not a multiple of {} heads",
             c.decoder_attention_heads
         );
