@@ -10,7 +10,7 @@
 //! | transform | [`transform`] | fold residual scales (`fold`), dtype conversion with accounting (`cast`), streaming `average` |
 //! | write | [`write`] | fairseq 0.12 state dicts, safetensors, atomic output files |
 //! | export | [`export`] | ONNX encoder / incremental decoder / teacher-forced graphs, fp32 and fp16 |
-//! | run | [`runtime`] | the graphs on tract (pure Rust) or onnxruntime (CPU, CUDA) behind one trait |
+//! | run | [`runtime`], [`native`] | one `Backend` trait: the graphs on tract (pure Rust) or onnxruntime (CPU, CUDA), or the native engine (pure Rust, straight from the weights, the fastest on the CPU) |
 //! | decode | [`decode`] | beam search with fairseq-generate's semantics, length-grouped batching |
 //! | score | [`score`], [`verify`] | teacher-forced log-probs; measuring two models against each other |
 //! | text | [`data`], [`metrics`] | dictionaries, binarized datasets, BPE removal; fairseq BLEU and sacreBLEU |

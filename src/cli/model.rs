@@ -133,6 +133,9 @@ pub fn open(
             )),
             None => None,
         };
+        // The raw checkpoint is no longer needed: free it before building
+        // the engine's copy of the weights (peak memory).
+        drop(ckpt);
         if native {
             native_backend = Some(
                 crate::native::NativeBackend::new(&rec.model, rt.threads)

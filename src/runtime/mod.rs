@@ -1,6 +1,9 @@
-//! Running the exported graphs: a [`Backend`] trait that the decoder and the
-//! scorer use, with implementations on tract ([`tract::TractBackend`], pure
-//! Rust) and onnxruntime ([`ort::OrtBackend`], CPU or CUDA).
+//! Running a model: a [`Backend`] trait that the decoder and the scorer use,
+//! with implementations on the exported graphs — tract
+//! ([`tract::TractBackend`], pure Rust) and onnxruntime
+//! ([`ort::OrtBackend`], CPU or CUDA) — and the native engine
+//! ([`crate::native::NativeBackend`], no graphs). Beam search drives a
+//! [`Session`] ([`Backend::begin`]); scoring calls [`Backend::forced`].
 //!
 //! A backend runs the three graphs of [`crate::export`]; the cached state
 //! between calls ([`EncoderState`], [`DecoderState`]) is backend-neutral and
