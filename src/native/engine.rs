@@ -54,13 +54,8 @@ pub(crate) fn encode(
     sources: &[Vec<usize>],
     threads: usize,
 ) -> Result<Vec<Cross>> {
+    // Token ids were checked against the vocabulary by the caller (`unpad`).
     for s in sources {
-        for &t in s {
-            ensure!(
-                t < m.enc_embed_rows(),
-                "source token id {t} is outside the vocabulary"
-            );
-        }
         if let Some(rows) = m.enc_embed.position_rows() {
             ensure!(
                 s.len() + PAD < rows,
@@ -262,18 +257,8 @@ impl<'a> Session<'a> {
         let parts = self.threads.min(r.div_ceil(super::gemm::MR)).max(1);
         let size = r.div_ceil(parts).max(1);
         let shards = r.div_ceil(size);
-        let mut ks: Vec<Vec<&mut [f32]>> = (0..shards).map(|_| vec![]).collect();
-        let mut vs: Vec<Vec<&mut [f32]>> = (0..shards).map(|_| vec![]).collect();
-        for buf in new_k.iter_mut() {
-            for (i, c) in buf.chunks_mut(size * d).enumerate() {
-                ks[i].push(c);
-            }
-        }
-        for buf in new_v.iter_mut() {
-            for (i, c) in buf.chunks_mut(size * d).enumerate() {
-                vs[i].push(c);
-            }
-        }
+        let ks = per_shard(&mut new_k, shards, size * d);
+        let vs = per_shard(&mut new_v, shards, size * d);
         let t = self.t;
         let ctx = StepCtx {
             m,
@@ -339,6 +324,18 @@ impl<'a> Session<'a> {
         self.row_sent = row_sent;
         Ok(())
     }
+}
+
+/// Cuts every per-layer buffer into `shards` chunks of `chunk` values;
+/// returns, per shard, its chunk of every layer.
+fn per_shard(bufs: &mut [Vec<f32>], shards: usize, chunk: usize) -> Vec<Vec<&mut [f32]>> {
+    let mut out: Vec<Vec<&mut [f32]>> = (0..shards).map(|_| vec![]).collect();
+    for buf in bufs.iter_mut() {
+        for (i, c) in buf.chunks_mut(chunk).enumerate() {
+            out[i].push(c);
+        }
+    }
+    out
 }
 
 /// What every thread of a step reads.

@@ -317,10 +317,6 @@ impl NativeModel {
         &self.info
     }
 
-    pub(crate) fn enc_embed_rows(&self) -> usize {
-        self.enc_embed.tokens.nrows()
-    }
-
     pub(crate) fn dec_embed_rows(&self) -> usize {
         self.dec_embed.tokens.nrows()
     }
