@@ -4,8 +4,7 @@
 //! the Admin fork's --score-reference on tract and onnxruntime, and fp16
 //! stays within 2e-2 of fp32.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 
 fn required(var: &str) -> bool {

@@ -3,8 +3,7 @@
 //! reproduces the Admin fork's --score-reference, and the output is a
 //! standard fairseq 0.12 Post-LN state dict.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::path::Path;
 

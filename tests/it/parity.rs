@@ -2,8 +2,7 @@
 //! original (unfolded) vs folded vs exported ONNX on tract and onnxruntime
 //! vs fp16, all decoded with beam 4 and compared with fairseq-generate.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 fn f(rel: &str) -> String {
     fixture(rel).to_str().expect("utf-8").to_string()

@@ -1,13 +1,11 @@
 //! Beam search against real fairseq-generate outputs (fixtures), on tract.
 
-mod common;
-
+use crate::common::fixture;
 use admin_convert::data::{BpeMode, Dictionary, IndexedDataset};
 use admin_convert::decode::{decode_all, Batching, BeamOptions, Hypothesis};
 use admin_convert::export::{self, ExportOptions, Precision};
 use admin_convert::runtime::tract::TractBackend;
 use admin_convert::runtime::GraphSource;
-use common::fixture;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

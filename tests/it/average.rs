@@ -1,13 +1,11 @@
 //! `admin-convert average` against fairseq's own averages of the fixture runs (bit for bit),
 //! its input selection, key checks and dtype rules; and the torch `.pt` writer read back.
 
-mod common;
-
+use crate::common::*;
 use admin_convert::read::pickle::Value;
 use admin_convert::read::{Checkpoint, HValue};
 use admin_convert::tensor::{DType, RawTensor};
 use admin_convert::write::torch::{self as torch_write, Carried, Py};
-use common::*;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 

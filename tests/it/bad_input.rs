@@ -2,8 +2,7 @@
 //! names the file and the problem, exit code 2, and never a panic. Inputs
 //! are built here from real fixtures, cut or edited.
 
-mod common;
-use common::*;
+use crate::common::*;
 use std::path::{Path, PathBuf};
 
 fn write(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {

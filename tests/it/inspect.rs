@@ -1,8 +1,7 @@
 //! `admin-convert inspect` on every fixture checkpoint: family, naming and
 //! hyper-parameters as recorded by the real fairseq runs that made them.
 
-mod common;
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn u(v: &Value, k: &str) -> u64 {

@@ -2,9 +2,8 @@
 //! independent reading by real torch (fixtures/independent/, made by
 //! fixtures/independent/make.py) bit for bit.
 
-mod common;
+use crate::common::fixture;
 use admin_convert::read::{Checkpoint, Format};
-use common::fixture;
 
 fn assert_same_as_torch(pt: &str, independent: &str, format: Format) {
     let ours = Checkpoint::open(&fixture(pt)).expect("open .pt");

@@ -2,8 +2,7 @@
 //! the Admin authors' fork on its own, unfolded checkpoint: H- sentence
 //! scores and P- per-token log-probs (natural log) for all 200 sentences.
 
-mod common;
-use common::*;
+use crate::common::*;
 
 #[test]
 fn unfolded_admin_fork_reproduces_score_reference() {

@@ -1,9 +1,7 @@
 //! `admin-convert eval` on the real fixtures: hypotheses, scores and BLEU
 //! must be those fairseq-generate printed (fixtures/README.md).
 
-mod common;
-
-use common::{assert_one_line_error, fixture, run, stderr, stdout};
+use crate::common::{assert_one_line_error, fixture, run, stderr, stdout};
 use std::collections::BTreeMap;
 use std::path::Path;
 

@@ -1,0 +1,19 @@
+//! The integration tests, one binary (one link for CI): each module is one
+//! area of the tool, exercised through the library API or the real binary.
+
+mod average;
+mod bad_input;
+mod beam;
+mod cast;
+mod common;
+mod data;
+mod eval;
+mod export;
+mod export_cli;
+mod fold;
+mod inspect;
+mod metrics;
+mod parity;
+mod read;
+mod read_torch;
+mod score;
