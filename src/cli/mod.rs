@@ -7,8 +7,10 @@ mod cast;
 pub mod eval;
 mod export;
 mod fold;
+mod merge;
 pub mod model;
 mod score;
+mod translate;
 
 use crate::read::Checkpoint;
 use crate::recognise::{self, Overrides, Recognised};
@@ -45,6 +47,10 @@ enum Command {
     Cast(cast::CastArgs),
     /// Translate a test set with fairseq's beam search and score it (BLEU, sacreBLEU).
     Eval(Box<eval::EvalArgs>),
+    /// Translate text of any size from a file or stdin, in bounded memory (like fairseq-interactive).
+    Translate(Box<translate::TranslateArgs>),
+    /// Merge the outputs of a sharded run (--num-shards/--shard-id) in sentence order; BLEU over all.
+    MergeShards(merge::MergeArgs),
 }
 
 /// Hyper-parameters a checkpoint may not record (bare safetensors).
@@ -130,6 +136,8 @@ pub fn run() -> Result<ExitCode> {
         Command::Average(a) => average::run(a),
         Command::Cast(a) => cast::run(a),
         Command::Eval(a) => eval::run(*a),
+        Command::Translate(a) => translate::run(*a),
+        Command::MergeShards(a) => merge::run(a),
     }
 }
 

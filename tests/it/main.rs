@@ -17,3 +17,4 @@ mod parity;
 mod read;
 mod read_torch;
 mod score;
+mod shard;
