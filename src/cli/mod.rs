@@ -10,6 +10,7 @@ mod fold;
 pub mod model;
 mod score;
 
+use crate::data::locate::{self, Dicts, Query};
 use crate::read::Checkpoint;
 use crate::recognise::{self, Overrides, Recognised};
 use crate::spec::{Activation, Family};
@@ -117,6 +118,22 @@ pub fn load(path: &Path, model: &ModelArgs) -> Result<(Checkpoint, Recognised)> 
     let rec = recognise::recognise(&ckpt, &model.overrides())
         .map_err(|e| anyhow!("{}: {e}", path.display()))?;
     Ok((ckpt, rec))
+}
+
+/// Dictionaries for a checkpoint being written out (`fold`, `export`):
+/// those in `dir` (--dict-dir / --data), else the ones embedded in it, else
+/// those of the data directory it records (see [`locate`]).
+pub fn checkpoint_dicts(ckpt: &Checkpoint, dir: Option<&Path>, q: &Query) -> Result<Option<Dicts>> {
+    if let Some(d) = dir {
+        return Ok(Some(locate::dicts_in(d, q)?));
+    }
+    if let Some(d) = locate::embedded_dicts(ckpt)? {
+        return Ok(Some(d));
+    }
+    match locate::recorded_dir(ckpt, q) {
+        Ok(d) => Ok(Some(locate::dicts_in(&d, q)?)),
+        Err(_) => Ok(None),
+    }
 }
 
 /// Parse the command line and run the command.
