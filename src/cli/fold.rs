@@ -114,10 +114,15 @@ pub fn run(a: FoldArgs) -> Result<ExitCode> {
         META_PRODUCER.to_string(),
         format!("admin-convert {}", env!("CARGO_PKG_VERSION")),
     );
-    meta.insert(
-        META_ARGS.to_string(),
-        serde_json::to_string(&write::fairseq::fairseq_args(&folded))?,
-    );
+    let mut args = write::fairseq::fairseq_args(&folded);
+    // Record the data directory (absolute) so `eval OUTPUT` finds the test set.
+    if let Some(d) = locate::recorded_dir(&ckpt, &q)
+        .ok()
+        .and_then(|d| d.canonicalize().ok())
+    {
+        args.insert("data".into(), d.display().to_string().into());
+    }
+    meta.insert(META_ARGS.to_string(), serde_json::to_string(&args)?);
     if let Some(d) = &dicts {
         meta.insert(META_DICT_SRC.to_string(), d.src_text.clone());
         meta.insert(META_DICT_TGT.to_string(), d.tgt_text.clone());

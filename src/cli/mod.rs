@@ -44,22 +44,34 @@ enum Command {
     #[command(after_help = "Example:\n  admin-convert inspect checkpoint_best.pt")]
     Inspect(InspectArgs),
     /// Fold ω / α / gates into a standard Transformer, exactly, and measure it.
-    #[command(after_help = "Example:\n  admin-convert fold checkpoint_best.pt    (writes checkpoint_best.folded.safetensors)")]
+    #[command(
+        after_help = "Example:\n  admin-convert fold checkpoint_best.pt    (writes checkpoint_best.folded.safetensors)"
+    )]
     Fold(fold::FoldArgs),
     /// Export ONNX graphs (encoder + cached decoder), fp32 and fp16.
-    #[command(after_help = "Example:\n  admin-convert export checkpoint_best.pt --onnx    (writes checkpoint_best.onnx/)")]
+    #[command(
+        after_help = "Example:\n  admin-convert export checkpoint_best.pt --onnx    (writes checkpoint_best.onnx/)"
+    )]
     Export(export::ExportArgs),
     /// Teacher-forced scores of references (like fairseq-generate --score-reference).
-    #[command(after_help = "Example:\n  admin-convert score checkpoint_best.pt data-bin --score-base 2")]
+    #[command(
+        after_help = "Example:\n  admin-convert score checkpoint_best.pt data-bin --score-base 2"
+    )]
     Score(score::ScoreArgs),
     /// Average checkpoints as fairseq's average_checkpoints.py does, in bounded memory.
-    #[command(after_help = "Example:\n  admin-convert average checkpoint36.pt checkpoint37.pt checkpoint38.pt -o averaged.pt")]
+    #[command(
+        after_help = "Example:\n  admin-convert average checkpoint36.pt checkpoint37.pt checkpoint38.pt -o averaged.pt"
+    )]
     Average(average::AverageArgs),
     /// Convert every float tensor to one dtype (fp32, fp16, bf16).
-    #[command(after_help = "Example:\n  admin-convert cast checkpoint_best.pt --dtype fp16 -o checkpoint_best.fp16.pt")]
+    #[command(
+        after_help = "Example:\n  admin-convert cast checkpoint_best.pt --dtype fp16 -o checkpoint_best.fp16.pt"
+    )]
     Cast(cast::CastArgs),
     /// Translate a test set with fairseq's beam search and score it (BLEU, sacreBLEU).
-    #[command(after_help = "Example:\n  admin-convert eval checkpoint_best.pt --beam 4    (test set: the data directory the checkpoint records)\n  admin-convert eval checkpoint_best.onnx data-bin --beam 4 --remove-bpe")]
+    #[command(
+        after_help = "Example:\n  admin-convert eval checkpoint_best.pt --beam 4    (test set: the data directory the checkpoint records)\n  admin-convert eval checkpoint_best.onnx data-bin --beam 4 --remove-bpe"
+    )]
     Eval(Box<eval::EvalArgs>),
 }
 

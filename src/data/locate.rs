@@ -274,7 +274,7 @@ pub fn read_split(dir: &Path, q: &Query) -> Result<Split> {
 }
 
 /// The data directory a checkpoint records (`args.data` or
-/// `cfg.task.data`; the first of a colon-separated list).
+/// `cfg.task.data`, the latter first; the first of a colon-separated list).
 pub fn recorded_data(ckpt: &Checkpoint) -> Option<String> {
     let from_args = ckpt
         .hparams
@@ -293,7 +293,8 @@ pub fn recorded_data(ckpt: &Checkpoint) -> Option<String> {
         let data = get(mapping(&task)?, "data")?;
         data.as_str().map(str::to_string)
     };
-    let d = from_args.or_else(from_cfg)?;
+    // cfg.task.data first: a 0.12 `cfg.model` namespace may carry a stale copy.
+    let d = from_cfg().or(from_args)?;
     let first = d.split(':').next().unwrap_or("").to_string();
     (!first.is_empty()).then_some(first)
 }

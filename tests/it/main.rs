@@ -14,6 +14,7 @@ mod fold;
 mod inspect;
 mod metrics;
 mod parity;
+mod quickstart;
 mod read;
 mod read_torch;
 mod score;
