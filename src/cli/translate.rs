@@ -14,16 +14,14 @@
 //! lines carry their global ids (`--fairseq-format`, implied) so that
 //! `admin-convert merge-shards` puts them back in order.
 
-use super::eval::{
-    check_dicts, open_for_decoding, progress_bar, show_speed, text_dictionaries, DecodeArgs,
-    Rendered, ShardArgs,
-};
-use super::model::RuntimeArgs;
+use super::eval::{progress_bar, show_speed, text_dictionaries, DecodeArgs, Rendered, ShardArgs};
+use super::model::{open, RuntimeArgs};
 use super::ModelArgs;
-use crate::data::{BpeMode, Dictionary};
+use crate::data::locate::{self, Dicts, Query};
+use crate::data::BpeMode;
 use crate::decode::{decode_batches, plan, Batching, BeamOptions, Shard};
 use crate::runtime::Backend;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -66,8 +64,7 @@ pub struct TranslateArgs {
 /// What stays fixed while buffers stream through.
 struct Session<'a> {
     backend: &'a mut dyn Backend,
-    src_dict: Dictionary,
-    tgt_dict: Dictionary,
+    dicts: Dicts,
     decoding: &'a DecodeArgs,
     opts: BeamOptions,
     batching: Batching,
@@ -93,19 +90,15 @@ pub fn run(mut a: TranslateArgs) -> Result<ExitCode> {
     if shard.is_sharded() {
         a.decoding.fairseq_format = true;
     }
-    let langs = match (&a.source_lang, &a.target_lang) {
-        (Some(s), Some(t)) => Some((s.clone(), t.clone())),
-        (None, None) => None,
-        _ => bail!("give both --source-lang and --target-lang, or neither"),
-    };
-    let opened = open_for_decoding(&a.model, &a.model_args, &a.runtime)?;
+    let q = Query::new(a.source_lang.as_deref(), a.target_lang.as_deref(), "test")?;
+    let opened = open(&a.model, &a.model_args, &a.runtime)?;
     let mut backend = opened.backend;
-    let (src_dict, tgt_dict) = text_dictionaries(a.dict_dir.as_deref(), langs, opened.dicts)?;
-    check_dicts(backend.as_ref(), &src_dict, &tgt_dict, &a.model)?;
+    let dicts = text_dictionaries(a.dict_dir.as_deref(), &q, opened.dicts)?;
+    let info = backend.info();
+    locate::check_vocab(&dicts, info.src_vocab, info.tgt_vocab, &a.model)?;
     let mut session = Session {
         backend: backend.as_mut(),
-        src_dict,
-        tgt_dict,
+        dicts,
         decoding: &a.decoding,
         opts: a.decoding.beam_options(),
         batching: a.decoding.batching(),
@@ -174,7 +167,8 @@ impl Session<'_> {
         let src: Vec<Vec<i64>> = lines
             .iter()
             .map(|l| {
-                self.src_dict
+                self.dicts
+                    .src
                     .encode_line(l)
                     .into_iter()
                     .map(i64::from)
@@ -194,7 +188,7 @@ impl Session<'_> {
         for (i, hyps) in decoded {
             let texts: Vec<String> = hyps
                 .iter()
-                .map(|h| self.tgt_dict.string(&to_u32(&h.tokens), self.bpe))
+                .map(|h| self.dicts.tgt.string(&to_u32(&h.tokens), self.bpe))
                 .collect();
             progress.sentences += 1;
             progress.tokens += hyps[0].tokens.len();
@@ -202,7 +196,7 @@ impl Session<'_> {
                 &mut out,
                 &Rendered {
                     id: progress.next_id + i,
-                    source: self.src_dict.string(&to_u32(&src[i]), self.bpe),
+                    source: self.dicts.src.string(&to_u32(&src[i]), self.bpe),
                     target: None,
                     hyps: &hyps,
                     texts: &texts,
