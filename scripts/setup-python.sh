@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates .venv with what the tests and the onnxruntime backend need
 # (idempotent): onnx (checker), onnxruntime 1.31 (its libonnxruntime.so
-# serves `--backend ort`), numpy, sacrebleu (cross-checks).
+# serves `--backend ort`), numpy, sacrebleu (cross-checks), ray (the Ray
+# recipe scripts/ray_translate.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -11,4 +12,9 @@ fi
 if ! .venv/bin/python -c 'import onnx, onnxruntime, numpy, sacrebleu' 2>/dev/null; then
   .venv/bin/pip install --quiet --disable-pip-version-check \
     onnx==1.23.2 onnxruntime==1.31.1 numpy sacrebleu==2.6.0 safetensors
+fi
+# Ray runs scripts/ray_translate.py in tests/it/ray.rs (a local two-worker
+# cluster). Separate step so an existing .venv gains it without reinstalling.
+if ! .venv/bin/python -c 'import ray' 2>/dev/null; then
+  .venv/bin/pip install --quiet --disable-pip-version-check ray==2.60.0
 fi

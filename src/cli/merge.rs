@@ -9,8 +9,10 @@
 //! is an error naming the id and the files. Lines without a `TAG-<id>\t`
 //! prefix (summaries) are skipped.
 
+use crate::data::text::{py_split, remove_bpe};
+use crate::data::BpeMode;
 use crate::metrics::{BleuScorer, SacreBleu};
-use anyhow::{bail, Context, Result};
+use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -29,7 +31,15 @@ pub struct MergeArgs {
     /// Write the merged lines here instead of stdout (the summary then goes to stdout).
     #[arg(short = 'o', long)]
     pub output: Option<PathBuf>,
-    /// Corpus metric printed when the files carry T- lines.
+    /// References, one line per sentence (as `--ref` of eval): BLEU of the
+    /// merged first hypotheses against them (for `translate`'s outputs,
+    /// which have no T- lines).
+    #[arg(long = "ref")]
+    pub reference: Option<PathBuf>,
+    /// Join the references' subwords first: subword_nmt (default), sentencepiece, ...
+    #[arg(long, num_args = 0..=1, default_missing_value = "subword_nmt", value_name = "MODE", requires = "reference")]
+    pub remove_bpe: Option<String>,
+    /// Corpus metric printed when the files carry T- lines (or with --ref).
     #[arg(long, value_enum, default_value_t = Scoring::Bleu)]
     pub scoring: Scoring,
 }
@@ -129,11 +139,35 @@ fn field(line: &str, scored: bool) -> &str {
     }
 }
 
-/// Running corpus scores over (T-, first H-) pairs.
+/// Running corpus scores over (T- or --ref line, first H-) pairs.
 struct Metrics {
     bleu: BleuScorer,
     sacre: SacreBleu,
     pairs: usize,
+    /// `--ref` lines, read along with the sentences.
+    refs: Option<(Box<dyn BufRead>, String, Option<BpeMode>)>,
+}
+
+impl Metrics {
+    /// The next `--ref` line as fairseq prints a reference: words joined by
+    /// one space, subwords joined with `--remove-bpe`.
+    fn next_ref(&mut self, id: usize) -> Result<Option<String>> {
+        let Some((reader, name, bpe)) = &mut self.refs else {
+            return Ok(None);
+        };
+        let mut line = String::new();
+        let n = reader
+            .read_line(&mut line)
+            .with_context(|| format!("{name}:{}: cannot read (not UTF-8?)", id + 1))?;
+        if n == 0 {
+            bail!("{name} has {id} lines, fewer than the sentences merged");
+        }
+        let words = py_split(&line).collect::<Vec<_>>().join(" ");
+        Ok(Some(match bpe {
+            Some(m) => remove_bpe(&words, *m),
+            None => words,
+        }))
+    }
 }
 
 /// Runs `admin-convert merge-shards`.
@@ -153,10 +187,24 @@ pub fn run(a: MergeArgs) -> Result<ExitCode> {
         )),
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
+    let refs = match &a.reference {
+        Some(p) => {
+            let f =
+                std::fs::File::open(p).with_context(|| format!("{}: cannot open", p.display()))?;
+            let bpe: Option<BpeMode> = match &a.remove_bpe {
+                Some(m) => Some(m.parse().map_err(|e| anyhow!("--remove-bpe: {e}"))?),
+                None => None,
+            };
+            let reader: Box<dyn BufRead> = Box::new(std::io::BufReader::new(f));
+            Some((reader, p.display().to_string(), bpe))
+        }
+        None => None,
+    };
     let mut m = Metrics {
         bleu: BleuScorer::new(),
         sacre: SacreBleu::new(),
         pairs: 0,
+        refs,
     };
     let mut expected = 0usize;
     loop {
@@ -183,6 +231,12 @@ pub fn run(a: MergeArgs) -> Result<ExitCode> {
         expected += 1;
     }
     out.flush()?;
+    if let Some((reader, name, _)) = &mut m.refs {
+        let mut extra = String::new();
+        if reader.read_line(&mut extra).unwrap_or(0) > 0 {
+            bail!("{name} has more lines than the {expected} sentences merged");
+        }
+    }
     let summary = summary(expected, a.files.len(), &m, a.scoring);
     if a.output.is_none() && !summary.is_empty() {
         eprint!("{summary}");
@@ -193,11 +247,17 @@ pub fn run(a: MergeArgs) -> Result<ExitCode> {
 }
 
 fn write_group(out: &mut dyn Write, g: &Group, plain: bool, m: &mut Metrics) -> Result<()> {
-    let target = g.lines.iter().find(|l| l.starts_with("T-"));
+    let given = m.next_ref(g.id)?;
+    let target = given.as_deref().or_else(|| {
+        g.lines
+            .iter()
+            .find(|l| l.starts_with("T-"))
+            .map(|t| field(t, false))
+    });
     let hyp = g.lines.iter().find(|l| l.starts_with("H-"));
     if let (Some(t), Some(h)) = (target, hyp) {
-        m.bleu.add(field(t, false), field(h, true));
-        m.sacre.add(field(t, false), field(h, true));
+        m.bleu.add(t, field(h, true));
+        m.sacre.add(t, field(h, true));
         m.pairs += 1;
     }
     for line in &g.lines {

@@ -17,6 +17,7 @@ mod limits;
 mod metrics;
 mod parity;
 mod quickstart;
+mod ray;
 mod read;
 mod read_torch;
 mod score;
