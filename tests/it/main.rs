@@ -14,6 +14,7 @@ mod fold;
 mod fuzz;
 mod inspect;
 mod limits;
+mod memory;
 mod metrics;
 mod parity;
 mod quickstart;
