@@ -55,18 +55,18 @@ pub struct FoldArgs {
 /// until fold writes fairseq `.pt` checkpoints.
 fn output_path(a: &FoldArgs) -> Result<PathBuf> {
     let out = output::choose(a.output.as_deref(), &a.checkpoint, Kind::Folded, a.force)?;
-    if output::format_of(&out)? == FileFormat::FairseqPt {
-        bail!(
-            "{}: fold writes .safetensors (fairseq 0.12 naming, config and dictionaries in the metadata); .pt output is not available yet: give -o NAME.safetensors",
-            out.display()
-        );
-    }
     let mut inputs = a.input.input_files();
     inputs.push(a.checkpoint.clone());
     output::check_file(
         &out,
         &inputs.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
     )?;
+    if output::format_of(&out)? == FileFormat::FairseqPt {
+        bail!(
+            "{}: fold writes .safetensors (fairseq 0.12 naming, config and dictionaries in the metadata); .pt output is not available yet: give -o NAME.safetensors",
+            out.display()
+        );
+    }
     Ok(out)
 }
 

@@ -13,6 +13,7 @@ mod export_cli;
 mod fold;
 mod inspect;
 mod metrics;
+mod outputs;
 mod parity;
 mod quickstart;
 mod read;
