@@ -208,3 +208,83 @@ fn file_outputs_get_the_usual_mode() {
     assert_eq!(mode(&t.path().join("scores.txt")), expected_mode());
     no_leftovers(t.path());
 }
+
+/// A folder with the joined dictionary under two language names
+/// (`dict.en.txt`, `dict.de.txt`) and nothing else to tell the pair.
+fn two_language_dir(t: &Path) -> PathBuf {
+    let d = t.join("ende");
+    std::fs::create_dir(&d).expect("mkdir");
+    for lang in ["en", "de"] {
+        std::fs::copy(
+            fixture("data-bin-fairseq08/dict.src.txt"),
+            d.join(format!("dict.{lang}.txt")),
+        )
+        .expect("copy");
+    }
+    d
+}
+
+#[test]
+fn two_language_dictionaries_need_source_lang_in_every_command() {
+    let t = workdir();
+    two_language_dir(t.path());
+    let cmds: [&[&str]; 4] = [
+        &[
+            "fold",
+            "ckpt.pt",
+            "--dict-dir",
+            "ende",
+            "-o",
+            "f.safetensors",
+        ],
+        &[
+            "export",
+            "ckpt.pt",
+            "--onnx",
+            "--dict-dir",
+            "ende",
+            "-o",
+            "x",
+        ],
+        &["eval", "ckpt.pt", "data", "--dict-dir", "ende"],
+        &["score", "ckpt.pt", "data", "--dict-dir", "ende"],
+    ];
+    for cmd in cmds {
+        assert_one_line_error(&run_in(t.path(), cmd), "--source-lang");
+    }
+    let o = run_in(
+        t.path(),
+        &[
+            "fold",
+            "ckpt.pt",
+            "--dict-dir",
+            "ende",
+            "-s",
+            "de",
+            "-t",
+            "en",
+            "-o",
+            "f.safetensors",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", crate::common::stderr(&o));
+}
+
+#[test]
+fn a_dictionary_that_does_not_fit_the_embeddings_is_refused_by_every_command() {
+    // The DeepNet fixture's separate dictionaries (88 / 64 rows) against a
+    // model with a joined 144-row vocabulary.
+    let t = workdir();
+    let deep = fixture("data-bin-deepnet-fairseq08");
+    let d = deep.to_str().unwrap();
+    let cmds: [&[&str]; 4] = [
+        &["fold", "ckpt.pt", "--dict-dir", d, "-o", "f.safetensors"],
+        &["export", "ckpt.pt", "--onnx", "--dict-dir", d, "-o", "x"],
+        &["eval", "ckpt.pt", d, "--beam", "1"],
+        &["score", "ckpt.pt", d],
+    ];
+    for cmd in cmds {
+        assert_one_line_error(&run_in(t.path(), cmd), "wrong dictionary");
+    }
+    assert!(!t.path().join("f.safetensors").exists() && !t.path().join("x").exists());
+}
