@@ -135,7 +135,7 @@ pub fn check_file(out: &Path, inputs: &[&Path]) -> Result<()> {
     for i in inputs {
         if is_same(out, i) {
             bail!(
-                "{}: is the input {}; the output would overwrite it: choose another -o",
+                "{}: would overwrite an input ({}); choose another -o",
                 out.display(),
                 i.display()
             );
