@@ -50,6 +50,8 @@ impl Naming {
     pub fn label(&self) -> String {
         let base = if self.attention == "fused" {
             "fairseq-0.8 (fused in_proj)"
+        } else if self.attention == "bare" {
+            "Admin fork DeepNet (bare q/k/v_proj_weight, fused in_proj_bias)"
         } else if self.fast_path_shadows {
             "fairseq-0.12.2 (separate q/k/v, fast-path shadows)"
         } else {
@@ -254,6 +256,26 @@ impl<'a> Tensors<'a> {
                 q: part(0),
                 k: part(1),
                 v: part(2),
+                out: self.linear(&format!("{prefix}.out_proj"), d, d)?,
+            });
+        }
+        let bare = format!("{prefix}.q_proj_weight");
+        if self.has(&bare) {
+            // The Admin fork's DeepNet: bare `[out, in]` parameters + one fused bias.
+            naming.attention = "bare".into();
+            let b = self.opt_vec(&format!("{prefix}.in_proj_bias"), 3 * d)?;
+            let mut part = |i: usize, w: &str| -> R<Linear> {
+                Ok(Linear {
+                    weight: self.mat(&format!("{prefix}.{w}_proj_weight"), d, d)?,
+                    bias: b
+                        .as_ref()
+                        .map(|b| b.slice(s![i * d..(i + 1) * d]).to_owned()),
+                })
+            };
+            return Ok(Attention {
+                q: part(0, "q")?,
+                k: part(1, "k")?,
+                v: part(2, "v")?,
                 out: self.linear(&format!("{prefix}.out_proj"), d, d)?,
             });
         }
