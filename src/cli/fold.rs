@@ -3,6 +3,7 @@
 //! dictionaries, when known) in the metadata.
 
 use super::{load, ModelArgs};
+use crate::data::dict::Dictionary;
 use crate::read::{META_ARGS, META_DICT_SRC, META_DICT_TGT, META_PRODUCER};
 use crate::transform::cast::parse_dtype;
 use crate::transform::fold::{fold_with_summary, FoldMode};
@@ -47,34 +48,55 @@ pub struct FoldArgs {
     model: ModelArgs,
 }
 
-/// `dict.src.txt`/`dict.tgt.txt` in `dir`, else the two `dict.*.txt` files.
+/// The source and target `dict.*.txt` texts of `dir`. The pair comes from
+/// `langs` (`--source-lang/--target-lang`), else `dict.src.txt` /
+/// `dict.tgt.txt`, else the one language pair of the binarized splits in
+/// `dir`, else a single joined `dict.L.txt`; never from alphabetical order.
 pub fn read_dicts(dir: &Path) -> Result<(String, String)> {
-    let read = |p: PathBuf| {
+    read_dicts_for(dir, None)
+}
+
+/// [`read_dicts`] with the language pair given.
+pub fn read_dicts_for(dir: &Path, langs: Option<(&str, &str)>) -> Result<(String, String)> {
+    let read = |lang: &str| {
+        let p = dir.join(format!("dict.{lang}.txt"));
         std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))
     };
-    let (s, t) = (dir.join("dict.src.txt"), dir.join("dict.tgt.txt"));
-    if s.exists() && t.exists() {
+    if let Some((s, t)) = langs {
         return Ok((read(s)?, read(t)?));
     }
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("{}: cannot list", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("dict.") && n.ends_with(".txt"))
-        })
+    if dir.join("dict.src.txt").is_file() && dir.join("dict.tgt.txt").is_file() {
+        return Ok((read("src")?, read("tgt")?));
+    }
+    let names = super::score::list_names(dir)?;
+    let found: Vec<&str> = names
+        .iter()
+        .filter_map(|n| n.strip_prefix("dict.")?.strip_suffix(".txt"))
         .collect();
-    found.sort();
-    match found.as_slice() {
-        [one] => Ok((read(one.clone())?, read(one.clone())?)),
-        [a, b] => Ok((read(a.clone())?, read(b.clone())?)),
+    if let [one] = found.as_slice() {
+        return Ok((read(one)?, read(one)?));
+    }
+    let pairs = super::score::split_pairs(&names, None);
+    match pairs.as_slice() {
+        [(s, t)] if found.contains(&s.as_str()) && found.contains(&t.as_str()) => {
+            Ok((read(s)?, read(t)?))
+        }
+        _ if found.is_empty() => bail!("{}: no dict.*.txt dictionaries", dir.display()),
         _ => bail!(
-            "{}: expected dict.src.txt and dict.tgt.txt (found {} dict.*.txt files)",
+            "{}: several dictionaries ({}) and no one language pair to pick them by: give --source-lang and --target-lang",
             dir.display(),
-            found.len()
+            found
+                .iter()
+                .map(|l| format!("dict.{l}.txt"))
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     }
+}
+
+/// `(&str, &str)` view of a language pair.
+pub fn pair_ref(p: &(String, String)) -> (&str, &str) {
+    (p.0.as_str(), p.1.as_str())
 }
 
 pub fn run(a: FoldArgs) -> Result<ExitCode> {
@@ -83,11 +105,16 @@ pub fn run(a: FoldArgs) -> Result<ExitCode> {
     let (ckpt, rec) = load(&a.checkpoint, &a.model)?;
     let dict_dir = a.input.dict_dir();
     let dicts = match &dict_dir {
-        Some(d) => Some(read_dicts(d)?),
+        Some(d) => Some(read_dicts_for(d, a.input.langs()?.as_ref().map(pair_ref))?),
         None => ckpt
             .embedded_dicts()
             .map(|(s, t)| (s.to_string(), t.to_string())),
     };
+    if let Some((s, t)) = &dicts {
+        let parse = |text: &str| Dictionary::from_dict_txt(text).context("dictionary");
+        let info = crate::export::fairseq::GraphInfo::of(&rec.model);
+        super::score::check_vocab(&info, &(parse(s)?, parse(t)?), &a.checkpoint)?;
+    }
     let mode = if a.approx {
         FoldMode::Approximate
     } else {
@@ -98,7 +125,7 @@ pub fn run(a: FoldArgs) -> Result<ExitCode> {
     let c = &original.config;
     let probe = if a.input.given() {
         let d = match &dict_dir {
-            Some(d) => super::model::dicts_in(d)?,
+            Some(d) => super::model::dicts_in_for(d, a.input.langs()?.as_ref().map(pair_ref))?,
             None => bail!("--src/--ref need --dict-dir DIR to encode the sentences"),
         };
         let pairs = a.input.pairs(&d)?;

@@ -54,9 +54,14 @@ fn parse_device(s: &str) -> Result<Device> {
     })
 }
 
-/// `dict.src.txt` / `dict.tgt.txt` (or the `dict.*.txt` pair) of `dir`.
+/// The dictionaries of `dir`, paired as [`super::fold::read_dicts`] says.
 pub fn dicts_in(dir: &Path) -> Result<(Dictionary, Dictionary)> {
-    let (s, t) = super::fold::read_dicts(dir)?;
+    dicts_in_for(dir, None)
+}
+
+/// [`dicts_in`] with the language pair given.
+pub fn dicts_in_for(dir: &Path, langs: Option<(&str, &str)>) -> Result<(Dictionary, Dictionary)> {
+    let (s, t) = super::fold::read_dicts_for(dir, langs)?;
     let parse = |text: &str, which: &str| {
         Dictionary::from_dict_txt(text)
             .with_context(|| format!("{}: {which} dictionary", dir.display()))

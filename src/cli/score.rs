@@ -54,6 +54,12 @@ pub struct DataArgs {
     /// Directory holding dict.src.txt / dict.tgt.txt (default: --data, or the model's own).
     #[arg(long)]
     pub dict_dir: Option<PathBuf>,
+    /// Source language suffix (inferred from the split's file names when absent).
+    #[arg(short = 's', long, requires = "target_lang")]
+    pub source_lang: Option<String>,
+    /// Target language suffix.
+    #[arg(short = 't', long, requires = "source_lang")]
+    pub target_lang: Option<String>,
 }
 
 impl DataArgs {
@@ -67,12 +73,41 @@ impl DataArgs {
         self.dict_dir.clone().or_else(|| self.data.clone())
     }
 
+    /// `--source-lang/--target-lang`, else the one pair of `--data`'s split.
+    pub fn langs(&self) -> Result<Option<(String, String)>> {
+        if let (Some(s), Some(t)) = (&self.source_lang, &self.target_lang) {
+            return Ok(Some((s.clone(), t.clone())));
+        }
+        match &self.data {
+            Some(dir) => {
+                let (s, t) = split_langs(dir, &self.subset)?;
+                Ok(Some((s, t)))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// The dictionaries of [`DataArgs::dict_dir`], paired by [`DataArgs::langs`].
+    pub fn dicts(&self) -> Result<Option<(Dictionary, Dictionary)>> {
+        let Some(dir) = self.dict_dir() else {
+            return Ok(None);
+        };
+        let langs = self.langs()?;
+        let langs = langs.as_ref().map(super::fold::pair_ref);
+        Ok(Some(super::model::dicts_in_for(&dir, langs)?))
+    }
+
     /// The sentence pairs, encoded with `dicts` where text is given.
     pub fn pairs(&self, dicts: &(Dictionary, Dictionary)) -> Result<Pairs> {
+        if let Some(dir) = &self.data {
+            let (s, t) = self.langs()?.expect("--data gives a pair");
+            let prefix = |l: &str| dir.join(format!("{}.{s}-{t}.{l}", self.subset));
+            return load_split(dir, &prefix(&s), &prefix(&t), dicts);
+        }
         load_pairs(
             self.src.as_deref(),
             self.reference.as_deref(),
-            self.data.as_deref(),
+            None,
             &self.subset,
             dicts,
         )
@@ -90,34 +125,102 @@ fn to_i64(v: Vec<u32>) -> Vec<i64> {
     v.into_iter().map(i64::from).collect()
 }
 
+/// The file names in `dir`, sorted.
+pub fn list_names(dir: &Path) -> Result<Vec<String>> {
+    let mut names = vec![];
+    for e in std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))? {
+        let e = e.with_context(|| format!("{}: cannot list", dir.display()))?;
+        names.push(e.file_name().to_string_lossy().into_owned());
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// The `(src, tgt)` pairs of the binarized splits among `names`: both
+/// `SUBSET.S-T.S.idx` and `SUBSET.S-T.T.idx` present (any subset when `None`).
+pub fn split_pairs(names: &[String], subset: Option<&str>) -> Vec<(String, String)> {
+    let mut pairs = vec![];
+    for n in names {
+        let parts: Vec<&str> = n.split('.').collect();
+        let [sub, pair, lang, "idx"] = parts.as_slice() else {
+            continue;
+        };
+        if subset.is_some_and(|want| want != *sub) {
+            continue;
+        }
+        let Some((s, t)) = pair.split_once('-') else {
+            continue;
+        };
+        let other = format!("{sub}.{pair}.{t}.idx");
+        if lang == &s && names.contains(&other) {
+            let p = (s.to_string(), t.to_string());
+            if !pairs.contains(&p) {
+                pairs.push(p);
+            }
+        }
+    }
+    pairs
+}
+
+/// The language pair of `dir`'s binarized `subset`, from its file names.
+pub fn split_langs(dir: &Path, subset: &str) -> Result<(String, String)> {
+    let pairs = split_pairs(&list_names(dir)?, Some(subset));
+    match pairs.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!(
+            "{}: no binarized '{subset}' split (expected {subset}.SRC-TGT.SRC.idx/.bin)",
+            dir.display()
+        ),
+        _ => bail!(
+            "{}: several language pairs for '{subset}' ({}): give --source-lang and --target-lang",
+            dir.display(),
+            pairs
+                .iter()
+                .map(|(s, t)| format!("{s}-{t}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
 /// `{subset}.{src}-{tgt}.{src}` and `.{tgt}` prefixes in a fairseq data dir.
 pub fn find_split(dir: &Path, subset: &str) -> Result<(PathBuf, PathBuf)> {
-    let mut prefixes = vec![];
-    for e in std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))? {
-        let name = e?.file_name().to_string_lossy().into_owned();
-        if let Some(stem) = name.strip_suffix(".idx") {
-            if let Some(rest) = stem.strip_prefix(&format!("{subset}.")) {
-                prefixes.push(rest.to_string());
-            }
-        }
+    let (s, t) = split_langs(dir, subset)?;
+    let prefix = |l: &str| dir.join(format!("{subset}.{s}-{t}.{l}"));
+    Ok((prefix(&s), prefix(&t)))
+}
+
+/// Source and reference ids of a binarized split (references also as text).
+fn load_split(
+    dir: &Path,
+    sp: &Path,
+    tp: &Path,
+    dicts: &(Dictionary, Dictionary),
+) -> Result<Pairs> {
+    let td = &dicts.1;
+    let open = |p: &Path| IndexedDataset::open(p).with_context(|| format!("{}", p.display()));
+    let (s, t) = (open(sp)?, open(tp)?);
+    if s.len() != t.len() {
+        bail!(
+            "{}: {} sources but {} targets",
+            dir.display(),
+            s.len(),
+            t.len()
+        );
     }
-    prefixes.sort();
-    // rest = "src-tgt.lang"
-    for p in &prefixes {
-        if let Some((pair, lang)) = p.rsplit_once('.') {
-            if let Some((s, t)) = pair.split_once('-') {
-                if lang == s {
-                    let src = dir.join(format!("{subset}.{pair}.{s}"));
-                    let tgt = dir.join(format!("{subset}.{pair}.{t}"));
-                    return Ok((src, tgt));
-                }
-            }
-        }
+    let mut p = Pairs {
+        sources: vec![],
+        targets: vec![],
+        target_text: vec![],
+    };
+    for i in 0..s.len() {
+        let tt = t.get(i).with_context(|| format!("{}", tp.display()))?;
+        p.target_text.push(td.string(&tt, None));
+        p.targets.push(to_i64(tt));
+        p.sources
+            .push(to_i64(s.get(i).with_context(|| format!("{}", sp.display()))?));
     }
-    bail!(
-        "{}: no binarized '{subset}' split (expected {subset}.SRC-TGT.SRC.idx/.bin)",
-        dir.display()
-    )
+    Ok(p)
 }
 
 /// Load sentence pairs from text (encoded with the dictionaries) or a data dir.
@@ -131,30 +234,7 @@ pub fn load_pairs(
     let (sd, td) = dicts;
     if let Some(dir) = data {
         let (sp, tp) = find_split(dir, subset)?;
-        let open = |p: &Path| IndexedDataset::open(p).with_context(|| format!("{}", p.display()));
-        let (s, t) = (open(&sp)?, open(&tp)?);
-        if s.len() != t.len() {
-            bail!(
-                "{}: {} sources but {} targets",
-                dir.display(),
-                s.len(),
-                t.len()
-            );
-        }
-        let mut p = Pairs {
-            sources: vec![],
-            targets: vec![],
-            target_text: vec![],
-        };
-        for i in 0..s.len() {
-            let tt = t.get(i).with_context(|| format!("{}", tp.display()))?;
-            p.target_text.push(td.string(&tt, None));
-            p.targets.push(to_i64(tt));
-            p.sources.push(to_i64(
-                s.get(i).with_context(|| format!("{}", sp.display()))?,
-            ));
-        }
-        return Ok(p);
+        return load_split(dir, &sp, &tp, dicts);
     }
     let (Some(src), Some(reference)) = (src, reference) else {
         bail!("give --src and --ref, or --data DIR");
@@ -183,20 +263,43 @@ pub fn load_pairs(
     })
 }
 
+/// The dictionaries fit the model's embedding tables (like `eval`).
+pub fn check_vocab(
+    info: &crate::export::fairseq::GraphInfo,
+    dicts: &(Dictionary, Dictionary),
+    model: &Path,
+) -> Result<()> {
+    for (dict, rows, side) in [
+        (&dicts.0, info.src_vocab, "source"),
+        (&dicts.1, info.tgt_vocab, "target"),
+    ] {
+        if dict.len() != rows {
+            bail!(
+                "{}: the {side} dictionary has {} entries but the model's {side} embedding has {rows} rows: wrong dictionary?",
+                model.display(),
+                dict.len()
+            );
+        }
+    }
+    Ok(())
+}
+
 pub fn run(a: ScoreArgs) -> Result<ExitCode> {
     let base2 = match a.score_base.as_str() {
         "e" => false,
         "2" => true,
         b => bail!("unknown --score-base {b} (e, 2)"),
     };
-    let dict_dir = a.input.dict_dir();
-    let mut opened = open(&a.model, &a.model_args, &a.runtime, dict_dir.as_deref())?;
-    let dicts = opened.dicts.take().with_context(|| {
+    // Dictionaries from --dict-dir / --data, paired by language, else the model's own.
+    let given = a.input.dicts()?;
+    let mut opened = open(&a.model, &a.model_args, &a.runtime, None)?;
+    let dicts = given.or_else(|| opened.dicts.take()).with_context(|| {
         format!(
             "{}: no dictionaries: pass --dict-dir DIR (with dict.src.txt / dict.tgt.txt)",
             a.model.display()
         )
     })?;
+    check_vocab(opened.backend.info(), &dicts, &a.model)?;
     let pairs = a.input.pairs(&dicts)?;
     let scored = crate::score::score(
         opened.backend.as_mut(),
