@@ -191,12 +191,7 @@ pub fn find_split(dir: &Path, subset: &str) -> Result<(PathBuf, PathBuf)> {
 }
 
 /// Source and reference ids of a binarized split (references also as text).
-fn load_split(
-    dir: &Path,
-    sp: &Path,
-    tp: &Path,
-    dicts: &(Dictionary, Dictionary),
-) -> Result<Pairs> {
+fn load_split(dir: &Path, sp: &Path, tp: &Path, dicts: &(Dictionary, Dictionary)) -> Result<Pairs> {
     let td = &dicts.1;
     let open = |p: &Path| IndexedDataset::open(p).with_context(|| format!("{}", p.display()));
     let (s, t) = (open(sp)?, open(tp)?);
@@ -217,8 +212,9 @@ fn load_split(
         let tt = t.get(i).with_context(|| format!("{}", tp.display()))?;
         p.target_text.push(td.string(&tt, None));
         p.targets.push(to_i64(tt));
-        p.sources
-            .push(to_i64(s.get(i).with_context(|| format!("{}", sp.display()))?));
+        p.sources.push(to_i64(
+            s.get(i).with_context(|| format!("{}", sp.display()))?,
+        ));
     }
     Ok(p)
 }

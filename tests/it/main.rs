@@ -11,6 +11,7 @@ mod eval;
 mod export;
 mod export_cli;
 mod fold;
+mod fork_layouts;
 mod inspect;
 mod metrics;
 mod parity;
