@@ -6,6 +6,7 @@ mod bad_input;
 mod beam;
 mod cast;
 mod common;
+mod config;
 mod data;
 mod eval;
 mod export;
