@@ -3,25 +3,26 @@
 //! dictionaries, when known) in the metadata.
 
 use super::{load, ModelArgs};
-use crate::data::dict::Dictionary;
+use crate::data::locate;
 use crate::read::{META_ARGS, META_DICT_SRC, META_DICT_TGT, META_PRODUCER};
 use crate::transform::cast::parse_dtype;
 use crate::transform::fold::{fold_with_summary, FoldMode};
 use crate::verify::{self, Probe};
 use crate::write;
+use crate::write::output::{self, FileFormat, Kind};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Args)]
 pub struct FoldArgs {
     /// Checkpoint to fold (.pt or .safetensors).
     checkpoint: PathBuf,
-    /// Output .safetensors.
+    /// Output .safetensors (default: beside the input, CKPT.folded.safetensors).
     #[arg(short, long)]
-    output: PathBuf,
+    output: Option<PathBuf>,
     /// Keep embeddings tied and sinusoidal: fold each stack's first ω as a
     /// scalar (not exact; the measured error is reported).
     #[arg(long)]
@@ -29,7 +30,8 @@ pub struct FoldArgs {
     /// Output dtype: fp32 (default), fp16, bf16.
     #[arg(long, default_value = "fp32")]
     dtype: String,
-    /// Write even if values overflow the output dtype or the fold check fails.
+    /// Write even if values overflow the output dtype or the fold check
+    /// fails, or the default output exists.
     #[arg(long)]
     force: bool,
     /// Largest acceptable max |Δ log-prob| between original and folded model.
@@ -48,72 +50,37 @@ pub struct FoldArgs {
     model: ModelArgs,
 }
 
-/// The source and target `dict.*.txt` texts of `dir`. The pair comes from
-/// `langs` (`--source-lang/--target-lang`), else `dict.src.txt` /
-/// `dict.tgt.txt`, else the one language pair of the binarized splits in
-/// `dir`, else a single joined `dict.L.txt`; never from alphabetical order.
-pub fn read_dicts(dir: &Path) -> Result<(String, String)> {
-    read_dicts_for(dir, None)
-}
-
-/// [`read_dicts`] with the language pair given.
-pub fn read_dicts_for(dir: &Path, langs: Option<(&str, &str)>) -> Result<(String, String)> {
-    let read = |lang: &str| {
-        let p = dir.join(format!("dict.{lang}.txt"));
-        std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))
-    };
-    if let Some((s, t)) = langs {
-        return Ok((read(s)?, read(t)?));
+/// The output path (default beside the input), checked against the policy
+/// of [`output`]: never an input, only regular files, `.safetensors` only
+/// until fold writes fairseq `.pt` checkpoints.
+fn output_path(a: &FoldArgs) -> Result<PathBuf> {
+    let out = output::choose(a.output.as_deref(), &a.checkpoint, Kind::Folded, a.force)?;
+    if output::format_of(&out)? == FileFormat::FairseqPt {
+        bail!(
+            "{}: fold writes .safetensors (fairseq 0.12 naming, config and dictionaries in the metadata); .pt output is not available yet: give -o NAME.safetensors",
+            out.display()
+        );
     }
-    if dir.join("dict.src.txt").is_file() && dir.join("dict.tgt.txt").is_file() {
-        return Ok((read("src")?, read("tgt")?));
-    }
-    let names = super::score::list_names(dir)?;
-    let found: Vec<&str> = names
-        .iter()
-        .filter_map(|n| n.strip_prefix("dict.")?.strip_suffix(".txt"))
-        .collect();
-    if let [one] = found.as_slice() {
-        return Ok((read(one)?, read(one)?));
-    }
-    let pairs = super::score::split_pairs(&names, None);
-    match pairs.as_slice() {
-        [(s, t)] if found.contains(&s.as_str()) && found.contains(&t.as_str()) => {
-            Ok((read(s)?, read(t)?))
-        }
-        _ if found.is_empty() => bail!("{}: no dict.*.txt dictionaries", dir.display()),
-        _ => bail!(
-            "{}: several dictionaries ({}) and no one language pair to pick them by: give --source-lang and --target-lang",
-            dir.display(),
-            found
-                .iter()
-                .map(|l| format!("dict.{l}.txt"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
-
-/// `(&str, &str)` view of a language pair.
-pub fn pair_ref(p: &(String, String)) -> (&str, &str) {
-    (p.0.as_str(), p.1.as_str())
+    let mut inputs = a.input.input_files();
+    inputs.push(a.checkpoint.clone());
+    output::check_file(
+        &out,
+        &inputs.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+    )?;
+    Ok(out)
 }
 
 pub fn run(a: FoldArgs) -> Result<ExitCode> {
     let dtype = parse_dtype(&a.dtype)
         .with_context(|| format!("unknown --dtype {} (fp32, fp16, bf16)", a.dtype))?;
+    let out = output_path(&a)?;
     let (ckpt, rec) = load(&a.checkpoint, &a.model)?;
-    let dict_dir = a.input.dict_dir();
-    let dicts = match &dict_dir {
-        Some(d) => Some(read_dicts_for(d, a.input.langs()?.as_ref().map(pair_ref))?),
-        None => ckpt
-            .embedded_dicts()
-            .map(|(s, t)| (s.to_string(), t.to_string())),
-    };
-    if let Some((s, t)) = &dicts {
-        let parse = |text: &str| Dictionary::from_dict_txt(text).context("dictionary");
-        let info = crate::export::fairseq::GraphInfo::of(&rec.model);
-        super::score::check_vocab(&info, &(parse(s)?, parse(t)?), &a.checkpoint)?;
+    let q = a.input.query()?;
+    let dict_dir = a.input.dict_dir.as_ref().or(a.input.data.as_ref());
+    let dicts = super::checkpoint_dicts(&ckpt, dict_dir.map(PathBuf::as_path), &q)?;
+    if let Some(d) = &dicts {
+        let c = &rec.model.config;
+        locate::check_vocab(d, c.src_vocab, c.tgt_vocab, &a.checkpoint)?;
     }
     let mode = if a.approx {
         FoldMode::Approximate
@@ -124,11 +91,10 @@ pub fn run(a: FoldArgs) -> Result<ExitCode> {
     let (folded, summary) = fold_with_summary(original, mode);
     let c = &original.config;
     let probe = if a.input.given() {
-        let d = match &dict_dir {
-            Some(d) => super::model::dicts_in_for(d, a.input.langs()?.as_ref().map(pair_ref))?,
-            None => bail!("--src/--ref need --dict-dir DIR to encode the sentences"),
+        let Some(d) = &dicts else {
+            bail!("--src/--ref need --dict-dir DIR to encode the sentences");
         };
-        let pairs = a.input.pairs(&d)?;
+        let pairs = a.input.pairs(None, d)?;
         Probe {
             sources: pairs.sources,
             targets: pairs.targets,
@@ -148,13 +114,18 @@ pub fn run(a: FoldArgs) -> Result<ExitCode> {
         META_PRODUCER.to_string(),
         format!("admin-convert {}", env!("CARGO_PKG_VERSION")),
     );
-    meta.insert(
-        META_ARGS.to_string(),
-        serde_json::to_string(&write::fairseq::fairseq_args(&folded))?,
-    );
-    if let Some((s, t)) = &dicts {
-        meta.insert(META_DICT_SRC.to_string(), s.clone());
-        meta.insert(META_DICT_TGT.to_string(), t.clone());
+    let mut args = write::fairseq::fairseq_args(&folded);
+    // Record the data directory (absolute) so `eval OUTPUT` finds the test set.
+    if let Some(d) = locate::recorded_dir(&ckpt, &q)
+        .ok()
+        .and_then(|d| d.canonicalize().ok())
+    {
+        args.insert("data".into(), d.display().to_string().into());
+    }
+    meta.insert(META_ARGS.to_string(), serde_json::to_string(&args)?);
+    if let Some(d) = &dicts {
+        meta.insert(META_DICT_SRC.to_string(), d.src_text.clone());
+        meta.insert(META_DICT_TGT.to_string(), d.tgt_text.clone());
     }
     let mut input_dtypes = BTreeMap::new();
     for e in &ckpt.entries {
@@ -170,7 +141,7 @@ pub fn run(a: FoldArgs) -> Result<ExitCode> {
         > 1;
     let report = serde_json::json!({
         "input": a.checkpoint.display().to_string(),
-        "output": a.output.display().to_string(),
+        "output": out.display().to_string(),
         "fold": summary,
         "mode": if a.approx { "approximate" } else { "exact" },
         "dtype": dtype.name(),
@@ -188,7 +159,7 @@ pub fn run(a: FoldArgs) -> Result<ExitCode> {
     meta.insert("admin_convert.fold".to_string(), report.to_string());
     let write_it = (passed && damaged == 0) || a.force;
     if write_it {
-        write::safetensors::write(&a.output, &sd.tensors, &meta)?;
+        write::safetensors::write(&out, &sd.tensors, &meta)?;
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -259,7 +230,7 @@ pub fn run(a: FoldArgs) -> Result<ExitCode> {
             println!("note: no dictionaries embedded (pass --dict-dir DIR to make the output self-contained)");
         }
         if write_it {
-            println!("wrote {}", a.output.display());
+            println!("wrote {}", out.display());
         } else {
             println!("not written (use --force to write anyway)");
         }

@@ -198,7 +198,7 @@ fn score_refuses_a_dictionary_that_does_not_fit() {
     ]);
     assert_one_line_error(
         &o,
-        "the source dictionary has 144 entries but the model's source embedding has 88 rows",
+        "has 144 entries but the model's source embedding has 88 rows",
     );
     // Binarized data whose dictionaries do not fit: the same error.
     let o = run(&["score", s(&ckpt), "--data", s(&wrong)]);
