@@ -74,7 +74,10 @@ pub fn run(a: ExportArgs) -> Result<ExitCode> {
     let data_dir = locate::recorded_dir(&ckpt, &q).ok();
     drop(ckpt);
     let model = if a.fold {
-        fold_with_summary(&rec.model, FoldMode::Exact).0
+        let folded = fold_with_summary(&rec.model, FoldMode::Exact).0;
+        let check = super::fold_check(&rec.model, &folded)?;
+        println!("{}", super::fold_check_line(&check));
+        folded
     } else {
         rec.model.clone()
     };
