@@ -18,7 +18,7 @@ use std::process::ExitCode;
 pub struct FoldArgs {
     /// Checkpoint to fold (.pt or .safetensors).
     checkpoint: PathBuf,
-    /// Output .safetensors.
+    /// Output: .safetensors, or .pt for a stock fairseq 0.12 checkpoint.
     #[arg(short, long)]
     output: PathBuf,
     /// Keep embeddings tied and sinusoidal: fold each stack's first ω as a
@@ -161,7 +161,12 @@ pub fn run(a: FoldArgs) -> Result<ExitCode> {
     meta.insert("admin_convert.fold".to_string(), report.to_string());
     let write_it = (passed && damaged == 0) || a.force;
     if write_it {
-        write::safetensors::write(&a.output, &sd.tensors, &meta)?;
+        if a.output.extension().is_some_and(|e| e == "pt") {
+            // A stock fairseq 0.12 checkpoint (tied tables kept tied).
+            write::torch::write(&a.output, &write::fairseq::checkpoint(&folded, dtype).0)?;
+        } else {
+            write::safetensors::write(&a.output, &sd.tensors, &meta)?;
+        }
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
