@@ -42,6 +42,7 @@ def main():
     ap.add_argument("--lenpen", type=float, default=1.0)
     ap.add_argument("--base2", action="store_true", help="generate scores are base 2")
     ap.add_argument("--compute-type", default="default")
+    ap.add_argument("--ref-text", help="plain references: also report sacreBLEU")
     args = ap.parse_args()
     with open(args.src, encoding="utf-8") as f:
         sources = [line.split() for line in f]
@@ -66,8 +67,17 @@ def main():
             max_diff = max(max_diff, abs(r.scores[0] - score))
         else:
             mismatches.append({"id": i, "ct2": hyp, "fairseq": text, "ct2_score": r.scores[0], "fairseq_score": score})
-    print(json.dumps({"ctranslate2": ctranslate2.__version__, "agree": agree, "total": len(out),
-                      "max_score_diff": max_diff, "mismatches": mismatches[:5]}))
+    report = {"ctranslate2": ctranslate2.__version__, "agree": agree, "total": len(out),
+              "max_score_diff": max_diff, "mismatches": mismatches[:5]}
+    if args.ref_text:
+        import sacrebleu
+        with open(args.ref_text, encoding="utf-8") as f:
+            refs = [line.rstrip("\n") for line in f]
+        sys_out = [remove_bpe(r.hypotheses[0]) for r in out]
+        fs = [ref[i][1] for i in range(len(out))]
+        report["sacrebleu"] = round(sacrebleu.corpus_bleu(sys_out, [refs]).score, 2)
+        report["sacrebleu_fairseq"] = round(sacrebleu.corpus_bleu(fs, [refs]).score, 2)
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

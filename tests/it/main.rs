@@ -7,6 +7,7 @@ mod beam;
 mod cast;
 mod common;
 mod data;
+mod deploy;
 mod eval;
 mod export;
 mod export_cli;
