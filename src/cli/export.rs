@@ -212,7 +212,9 @@ fn run_ct2(a: ExportArgs) -> Result<ExitCode> {
     })?;
     for p in &written {
         let name = p.file_name().map(PathBuf::from).unwrap_or_default();
-        let size = std::fs::metadata(out.join(&name)).map(|m| m.len()).unwrap_or(0);
+        let size = std::fs::metadata(out.join(&name))
+            .map(|m| m.len())
+            .unwrap_or(0);
         println!(
             "wrote {} ({})",
             out.join(name).display(),

@@ -131,7 +131,10 @@ impl Vars {
     fn linear(&mut self, p: &str, parts: &[&Linear]) {
         let cols = parts[0].weight.ncols();
         let rows: usize = parts.iter().map(|l| l.weight.nrows()).sum();
-        let w: Vec<f32> = parts.iter().flat_map(|l| l.weight.iter().copied()).collect();
+        let w: Vec<f32> = parts
+            .iter()
+            .flat_map(|l| l.weight.iter().copied())
+            .collect();
         self.floats(format!("{p}/weight"), vec![rows, cols], w, true);
         if parts.iter().any(|l| l.bias.is_some()) {
             let b: Vec<f32> = parts
@@ -152,7 +155,10 @@ impl Vars {
     }
     fn self_attention(&mut self, p: &str, s: &Sublayer<Attention>) -> Result<()> {
         let a = &s.f;
-        self.norm(&format!("{p}/self_attention/layer_norm"), need_norm(&s.norm)?);
+        self.norm(
+            &format!("{p}/self_attention/layer_norm"),
+            need_norm(&s.norm)?,
+        );
         self.linear(&format!("{p}/self_attention/linear_0"), &[&a.q, &a.k, &a.v]);
         self.linear(&format!("{p}/self_attention/linear_1"), &[&a.out]);
         Ok(())
@@ -174,13 +180,15 @@ impl Vars {
             t.iter().copied().collect(),
             true,
         );
-        self.0
-            .push((format!("{stack}/scale_embeddings"), Value::ScalarF32(e.scale)));
+        self.0.push((
+            format!("{stack}/scale_embeddings"),
+            Value::ScalarF32(e.scale),
+        ));
         let d = t.ncols();
         let rows = match &e.positions {
-            Positions::None => bail!(
-                "{stack}: no position embeddings (CTranslate2 would add its own sinusoids)"
-            ),
+            Positions::None => {
+                bail!("{stack}: no position embeddings (CTranslate2 would add its own sinusoids)")
+            }
             Positions::Sinusoidal => sinusoidal_table(max_pos + PAD + 1, d),
             Positions::Learned(t) => t.clone(),
         };
@@ -189,7 +197,13 @@ impl Vars {
         }
         // fairseq's position of token i is padding_idx + 1 + i.
         let from = PAD + 1;
-        let data: Vec<f32> = rows.rows().into_iter().skip(from).flatten().copied().collect();
+        let data: Vec<f32> = rows
+            .rows()
+            .into_iter()
+            .skip(from)
+            .flatten()
+            .copied()
+            .collect();
         self.floats(
             format!("{stack}/position_encodings/encodings"),
             vec![rows.nrows() - from, d],
@@ -247,7 +261,12 @@ fn variables(m: &Model) -> Result<Vars> {
     v.flags("encoder", c.encoder_attention_heads, pre, act);
     v.0.push(("encoder/embeddings_merge".into(), Value::ScalarI8(0)));
     v.bool("encoder/multi_query_attention", false);
-    v.embedding("encoder", "embeddings_0", &w.encoder_embed, c.max_source_positions)?;
+    v.embedding(
+        "encoder",
+        "embeddings_0",
+        &w.encoder_embed,
+        c.max_source_positions,
+    )?;
     for (i, l) in w.encoder_layers.iter().enumerate() {
         let p = format!("encoder/layer_{i}");
         v.self_attention(&p, &l.self_attn)?;
@@ -260,7 +279,12 @@ fn variables(m: &Model) -> Result<Vars> {
         v.bool(&format!("decoder/{flag}"), false);
     }
     v.bool("decoder/start_from_zero_embedding", false);
-    v.embedding("decoder", "embeddings", &w.decoder_embed, c.max_target_positions)?;
+    v.embedding(
+        "decoder",
+        "embeddings",
+        &w.decoder_embed,
+        c.max_target_positions,
+    )?;
     let proj = &w.output_projection;
     v.floats(
         "decoder/projection/weight".into(),
@@ -295,8 +319,14 @@ fn to_bytes_f32(data: &[f32]) -> Vec<u8> {
 /// A float tensor in `dtype` (f32, f16 or bf16), rounded to nearest even.
 fn floats_as(dtype: u8, shape: Vec<usize>, data: &[f32]) -> Encoded {
     let bytes = match dtype {
-        DT_F16 => data.iter().flat_map(|&x| f16::from_f32(x).to_le_bytes()).collect(),
-        DT_BF16 => data.iter().flat_map(|&x| bf16::from_f32(x).to_le_bytes()).collect(),
+        DT_F16 => data
+            .iter()
+            .flat_map(|&x| f16::from_f32(x).to_le_bytes())
+            .collect(),
+        DT_BF16 => data
+            .iter()
+            .flat_map(|&x| bf16::from_f32(x).to_le_bytes())
+            .collect(),
         _ => to_bytes_f32(data),
     };
     Encoded {
@@ -320,7 +350,10 @@ fn quantize_int8(shape: &[usize], data: &[f32]) -> (Encoded, Encoded) {
         amax = amax.max(127.0 / f32::MAX);
         let scale = 127.0f32 / amax;
         scales.push(scale);
-        q.extend(row.iter().map(|&x| (x * scale).round_ties_even() as i8 as u8));
+        q.extend(
+            row.iter()
+                .map(|&x| (x * scale).round_ties_even() as i8 as u8),
+        );
     }
     let rows = scales.len();
     (
@@ -432,10 +465,15 @@ pub fn vocabulary(dict_txt: &str, rows: usize) -> Result<Vec<String>> {
             d.len()
         );
     }
-    Ok(d
-        .symbols()
+    Ok(d.symbols()
         .iter()
-        .map(|s| if s == "<pad>" { "<blank>".into() } else { s.clone() })
+        .map(|s| {
+            if s == "<pad>" {
+                "<blank>".into()
+            } else {
+                s.clone()
+            }
+        })
         .collect())
 }
 

@@ -3,8 +3,8 @@
 //! tables when present; plus the fairseq model arguments that rebuild it
 //! (`load_state_dict(strict=True)` into `TransformerModel.build_model`).
 
-use crate::spec::*;
 use super::torch::Py;
+use crate::spec::*;
 use crate::tensor::{DType, RawTensor};
 use crate::transform::cast::{self, CastStats};
 use ndarray::{Array1, Array2};

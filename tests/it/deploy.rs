@@ -96,7 +96,12 @@ fn export_ct2(f: &Family, dir: &Path, quant: &str) {
 }
 
 /// Run tests/check_ct2.py; returns its JSON report.
-fn check_ct2(py: &Path, dir: &Path, reference: &Path, r: &(&str, u32, f32, bool)) -> serde_json::Value {
+fn check_ct2(
+    py: &Path,
+    dir: &Path,
+    reference: &Path,
+    r: &(&str, u32, f32, bool),
+) -> serde_json::Value {
     let mut cmd = std::process::Command::new(py);
     cmd.arg(root().join("tests/check_ct2.py"))
         .arg(dir)
@@ -108,7 +113,11 @@ fn check_ct2(py: &Path, dir: &Path, reference: &Path, r: &(&str, u32, f32, bool)
     }
     let o = cmd.output().expect("python runs");
     let out = String::from_utf8_lossy(&o.stdout).to_string();
-    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
 }
 
@@ -144,7 +153,10 @@ fn ct2_quantized_exports_run_and_report_agreement() {
         let r = &f.refs[0];
         let rep = check_ct2(&py, d.path(), &fixture(&format!("{}/{}", f.ckpt, r.0)), r);
         // Reported, not asserted: quantization may change a few hypotheses.
-        eprintln!("{} --quantization {q}: {}/{} agree", f.ckpt, rep["agree"], rep["total"]);
+        eprintln!(
+            "{} --quantization {q}: {}/{} agree",
+            f.ckpt, rep["agree"], rep["total"]
+        );
         assert_eq!(rep["total"], 200);
     }
 }
@@ -154,7 +166,13 @@ fn ct2_export_refuses_a_missing_dictionary_and_a_bad_quantization() {
     let d = tempfile::tempdir().expect("tempdir");
     let c = fixture("postln-fairseq012/checkpoint_best.pt");
     let out = d.path().join("m");
-    let o = run(&["export", c.to_str().expect("utf-8"), "--ct2", "-o", out.to_str().expect("utf-8")]);
+    let o = run(&[
+        "export",
+        c.to_str().expect("utf-8"),
+        "--ct2",
+        "-o",
+        out.to_str().expect("utf-8"),
+    ]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("--dict-dir"), "{}", stderr(&o));
     let dicts = fixture("data-bin");
@@ -176,17 +194,30 @@ fn ct2_export_refuses_a_missing_dictionary_and_a_bad_quantization() {
 
 #[test]
 fn fold_pt_loads_in_stock_fairseq_torch_weights_only_and_ct2_converter() {
-    let Some(py) = python_with("torch, fairseq, ctranslate2", "ADMIN_CONVERT_REQUIRE_FAIRSEQ") else {
+    let Some(py) = python_with(
+        "torch, fairseq, ctranslate2",
+        "ADMIN_CONVERT_REQUIRE_FAIRSEQ",
+    ) else {
         return;
     };
     for (ckpt, dicts, reference, base2) in [
-        ("admin-fairseq08", "data-bin-fairseq08", "generate-best.txt", false),
+        (
+            "admin-fairseq08",
+            "data-bin-fairseq08",
+            "generate-best.txt",
+            false,
+        ),
         ("postln-fairseq012", "data-bin", "generate-best.txt", true),
     ] {
         let d = tempfile::tempdir().expect("tempdir");
         let out = d.path().join("folded.pt");
         let c = fixture(&format!("{ckpt}/checkpoint_best.pt"));
-        let o = run(&["fold", c.to_str().expect("utf-8"), "-o", out.to_str().expect("utf-8")]);
+        let o = run(&[
+            "fold",
+            c.to_str().expect("utf-8"),
+            "-o",
+            out.to_str().expect("utf-8"),
+        ]);
         assert!(o.status.success(), "{}", stderr(&o));
         let mut cmd = std::process::Command::new(&py);
         cmd.arg(root().join("tests/check_fairseq_pt.py"))
@@ -199,7 +230,11 @@ fn fold_pt_loads_in_stock_fairseq_torch_weights_only_and_ct2_converter() {
         }
         let o = cmd.output().expect("python runs");
         let text = String::from_utf8_lossy(&o.stdout).to_string();
-        assert!(o.status.success(), "{text}{}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         eprintln!("{ckpt}: {text}");
         assert!(text.contains("fairseq-generate: 200/200"), "{text}");
     }
