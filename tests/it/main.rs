@@ -8,6 +8,7 @@ mod cast;
 mod common;
 mod config;
 mod data;
+mod deploy;
 mod eval;
 mod export;
 mod export_cli;
