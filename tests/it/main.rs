@@ -24,3 +24,4 @@ mod quickstart;
 mod read;
 mod read_torch;
 mod score;
+mod shard;
