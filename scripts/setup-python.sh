@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Creates .venv with what the tests and the onnxruntime backend need
 # (idempotent): onnx (checker), onnxruntime 1.31 (its libonnxruntime.so
-# serves `--backend ort`), numpy, sacrebleu (cross-checks), ray (the Ray
-# recipe scripts/ray_translate.py).
+# serves `--backend ort`), numpy, sacrebleu (cross-checks), ctranslate2
+# 4.8.5 (runs `export --ct2` outputs; adds ~40 s and ~150 MB), ray 2.60 (the
+# Ray recipe scripts/ray_translate.py; adds ~50 s).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-if ! .venv/bin/python -c 'import onnx, onnxruntime, numpy, sacrebleu' 2>/dev/null; then
+if ! .venv/bin/python -c 'import onnx, onnxruntime, numpy, sacrebleu, ctranslate2' 2>/dev/null; then
   .venv/bin/pip install --quiet --disable-pip-version-check \
-    onnx==1.23.2 onnxruntime==1.31.1 numpy sacrebleu==2.6.0 safetensors
+    onnx==1.23.2 onnxruntime==1.31.1 numpy sacrebleu==2.6.0 safetensors ctranslate2==4.8.5
 fi
 # Ray runs scripts/ray_translate.py in tests/it/ray.rs (a local two-worker
 # cluster). Separate step so an existing .venv gains it without reinstalling.

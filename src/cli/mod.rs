@@ -200,3 +200,43 @@ fn inspect(a: InspectArgs) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+/// Probe sentence pairs of the self-check of `average --fold` and `export --fold`.
+const FOLD_CHECK_SENTENCES: usize = 16;
+/// Largest acceptable max |Δ log-prob| of that check (`fold`'s default).
+const FOLD_CHECK_TOLERANCE: f32 = 1e-4;
+
+/// The self-check `average --fold` and `export --fold` run (as `fold` does
+/// without test data): original and folded model on the native engine over
+/// random probe sentences; an error when they differ beyond the tolerance.
+pub fn fold_check(
+    original: &crate::spec::Model,
+    folded: &crate::spec::Model,
+) -> Result<crate::verify::FoldCheck> {
+    let c = crate::verify::check_fold_random(
+        original,
+        folded,
+        FOLD_CHECK_SENTENCES,
+        FOLD_CHECK_TOLERANCE,
+    )
+    .map_err(|e| anyhow!("checking the fold: {e}"))?;
+    if !c.passed {
+        anyhow::bail!(
+            "the folded model differs from the original by {:.3e} in log-prob (tolerance {:e}): nothing written",
+            c.max_abs_diff,
+            c.tolerance
+        );
+    }
+    Ok(c)
+}
+
+/// `check: max |Δ log-prob| = … over N random probe sentence pairs (tolerance …): ok`.
+pub fn fold_check_line(c: &crate::verify::FoldCheck) -> String {
+    format!(
+        "check: max |Δ log-prob| = {:.3e} over {} random probe sentence pairs (tolerance {:e}): {}",
+        c.max_abs_diff,
+        c.probe_sentences,
+        c.tolerance,
+        if c.passed { "ok" } else { "FAILED" }
+    )
+}
