@@ -113,7 +113,7 @@ measure() {
 }
 ck=$work/checkpoint1.pt
 measure inspect /dev/null "$bin" inspect "$ck"
-measure fold "$work/folded.pt" "$bin" fold "$ck" -o "$work/folded.pt" \
+measure fold "$work/folded.safetensors" "$bin" fold "$ck" -o "$work/folded.safetensors" \
   --src "$work/test.src" --ref "$work/test.tgt" --dict-dir "$work"
 measure "export --onnx" "$work/onnx" "$bin" export "$ck" --onnx -o "$work/onnx" --dict-dir "$work"
 measure average "$work/avg.pt" "$bin" average "$work/checkpoint1.pt" "$work/checkpoint2.pt" \

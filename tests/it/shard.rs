@@ -1,7 +1,8 @@
 //! Corpora of any size and sharded runs: `translate` (streaming, bounded
 //! buffer) prints what `eval` prints; `eval` / `translate` / `score` with
 //! `--num-shards 3 --shard-id I`, merged by `merge-shards`, equal the
-//! unsharded run on every fixture model, BLEU included.
+//! unsharded run on every fixture model (Admin fork, Post-LN, admin-torch,
+//! DeepNet, ReZero), BLEU included.
 
 use crate::common::{assert_one_line_error, fixture, run, stderr, stdout};
 use std::io::Write;
@@ -17,6 +18,14 @@ fn models() -> Vec<(String, String)> {
         ("admin-fairseq08/checkpoint_best.pt", "data-bin-fairseq08"),
         ("postln-fairseq012/checkpoint_best.pt", "data-bin"),
         ("admintorch-fairseq012/checkpoint_best.pt", "data-bin"),
+        (
+            "admin-deepnet-fairseq08/checkpoint_best.pt",
+            "data-bin-deepnet-fairseq08",
+        ),
+        (
+            "admin-rezero-fairseq08/checkpoint_best.pt",
+            "data-bin-fairseq08",
+        ),
     ]
     .iter()
     .map(|(m, d)| (f(m), f(d)))
@@ -182,12 +191,7 @@ fn sharded_score_merged_equals_unsharded() {
 fn translate_prints_evals_hypotheses_from_file_and_stdin() {
     let src = f("corpus/bpe/test.src");
     let input = std::fs::read(&src).expect("reads the source");
-    for (model, _) in models() {
-        let dict = if model.contains("fairseq08") {
-            f("data-bin-fairseq08")
-        } else {
-            f("data-bin")
-        };
+    for (model, dict) in models() {
         let common = ["--dict-dir", &dict, "--beam", "4", "--batch-size", "16"];
         let mut eval = vec!["eval", &model, "--src", &src, "--remove-bpe"];
         eval.extend(common);
