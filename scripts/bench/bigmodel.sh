@@ -12,7 +12,7 @@
 #                                              needs torch)
 #
 # Needs ~12 GB free disk in $TMPDIR (three checkpoints for `average`).
-# ADMIN_CONVERT=path/to/binary skips the build. Rows: command, wall seconds,
+# ADMIN_CONVERT=path/to/binary skips the build; ONLY="fold eval" runs a subset. Rows: command, wall seconds,
 # peak RSS (MB, GNU time's ru_maxrss of the process), output size (MB).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -100,9 +100,12 @@ ls -l "$work"/checkpoint1.pt | awk '{printf "file: %.2f GB\n", $5 / 1e9}'
 
 row() { printf '%-14s %8s %10s %10s  %s\n' "$@"; }
 row command "wall(s)" "RSS(MB)" "out(MB)" note
+# ONLY="fold eval" runs a subset (names: inspect fold export average eval).
+only=${ONLY:-"inspect fold export average eval"}
 measure() {
   local name=$1 out=$2
   shift 2
+  [[ " $only " == *" ${name%% *} "* ]] || return 0
   if /usr/bin/time -f '%e %M' -o "$work/time" "$@" >"$work/log" 2>&1; then
     read -r wall rss <"$work/time"
     size=$(du -sm "$out" 2>/dev/null | cut -f1 || echo -)

@@ -370,9 +370,12 @@ fn quantize_int8(shape: &[usize], data: &[f32]) -> (Encoded, Encoded) {
     )
 }
 
+/// Named variables and (alias, target) pairs, in file order.
+type Finished = (Vec<(String, Encoded)>, Vec<(String, String)>);
+
 /// Sort by name, alias equal non-scalar tensors to the first of them, then
 /// quantize what is left; returns (variables, aliases) in file order.
-fn finish(vars: Vars, q: Quantization) -> (Vec<(String, Encoded)>, Vec<(String, String)>) {
+fn finish(vars: Vars, q: Quantization) -> Finished {
     let mut vars = vars.0;
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     let mut first: HashMap<(Vec<usize>, Vec<u32>), String> = HashMap::new();

@@ -25,6 +25,7 @@ pub struct Capped {
     /// Exit code, or `None` when a signal ended it.
     pub code: Option<i32>,
     pub signal: Option<i32>,
+    #[allow(dead_code)]
     pub stdout: Vec<u8>,
     pub stderr: String,
     /// Peak resident set, bytes (`ru_maxrss` of this child).
@@ -151,6 +152,7 @@ pub fn run_capped(args: &[&str], as_cap: u64, timeout: Duration) -> Capped {
 }
 
 /// The bytes of a file, to check later that a command left it unchanged.
+#[allow(dead_code)]
 pub fn snapshot(path: &Path) -> Vec<u8> {
     std::fs::read(path).expect("read input")
 }
