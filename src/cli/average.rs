@@ -158,9 +158,9 @@ fn fold_average(
 
 pub fn run(a: AverageArgs) -> Result<ExitCode> {
     let start = Instant::now();
-    let format = out_format(&a.output)?;
     let inputs = inputs(&a)?;
     refuse_overwrite(&a.output, &inputs)?;
+    let format = out_format(&a.output)?;
 
     let pb = progress_bar(a.quiet);
     let av = average(&inputs, &pb);
