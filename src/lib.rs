@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | read | [`read`] | torch `.pt` (zip and legacy pickle, never executed) and `.safetensors` → named [`tensor::RawTensor`]s + config values |
 //! | model | [`spec`] | the typed [`spec::Model`] and its rules (`spec/rules.rs`: validation, LayerNorm ε, position tables, the walk over sublayers) |
-| recognise | [`recognise`] | names + shapes + config → one [`spec::Model`]: `hparams` (flags, presets, validated config), `naming` (one table entry per attention naming), `family` (one table entry per residual family) |
+//! | recognise | [`recognise`] | names + shapes + config → one [`spec::Model`]: `hparams` (flags, presets, validated config), `naming` (one table entry per attention naming), `family` (one table entry per residual family) |
 //! | transform | [`transform`] | fold residual scales (`fold`), dtype conversion with accounting (`cast`), streaming `average` |
 //! | write | [`write`] | fairseq 0.12 state dicts, safetensors, atomic output files; where outputs go and what they may never touch ([`write::output`]) |
 //! | export | [`export`] | ONNX encoder / incremental decoder / teacher-forced graphs, fp32 and fp16 |

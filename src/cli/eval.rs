@@ -82,7 +82,8 @@ pub struct EvalArgs {
     pub compare_fp16: bool,
     /// Backend for the --compare model (default: --backend).
     #[arg(long)]
-    pub compare_backend: Option<String>,
+    #[arg(value_enum)]
+    pub compare_backend: Option<super::model::BackendKind>,
     /// A fairseq-generate output: compare its H- lines with ours (exit 1 if any differ).
     #[arg(long)]
     pub expect_fairseq: Option<PathBuf>,
@@ -179,14 +180,14 @@ pub enum ScoreBase {
 }
 
 impl ScoreBase {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             ScoreBase::E => "e",
             ScoreBase::Two => "2",
         }
     }
     /// fairseq's conversion of a float32 natural-log score.
-    fn convert(self, x: f32) -> f32 {
+    pub fn convert(self, x: f32) -> f32 {
         match self {
             ScoreBase::E => x,
             ScoreBase::Two => x / std::f32::consts::LN_2,
@@ -756,11 +757,11 @@ pub fn run(mut a: EvalArgs) -> Result<ExitCode> {
         Some(other) => {
             let mut runtime = a.runtime.clone();
             runtime.fp16 |= a.compare_fp16;
-            if let Some(b) = &a.compare_backend {
-                runtime.backend = b.clone();
-            } else if runtime.fp16 && runtime.backend == "native" {
+            if let Some(b) = a.compare_backend {
+                runtime.backend = b;
+            } else if runtime.fp16 && runtime.backend == super::model::BackendKind::Native {
                 // The native engine is float32: fp16 runs on the graphs.
-                runtime.backend = "auto".into();
+                runtime.backend = super::model::BackendKind::Auto;
             }
             let Opened {
                 backend: mut b2, ..
