@@ -7,8 +7,10 @@ mod cast;
 pub mod eval;
 mod export;
 mod fold;
+mod merge;
 pub mod model;
 mod score;
+mod translate;
 
 use crate::data::locate::{self, Dicts, Query};
 use crate::read::Checkpoint;
@@ -73,6 +75,10 @@ enum Command {
         after_help = "Example:\n  admin-convert eval checkpoint_best.pt --beam 4    (test set: the data directory the checkpoint records)\n  admin-convert eval checkpoint_best.onnx data-bin --beam 4 --remove-bpe"
     )]
     Eval(Box<eval::EvalArgs>),
+    /// Translate text of any size from a file or stdin, in bounded memory (like fairseq-interactive).
+    Translate(Box<translate::TranslateArgs>),
+    /// Merge the outputs of a sharded run (--num-shards/--shard-id) in sentence order; BLEU over all.
+    MergeShards(merge::MergeArgs),
 }
 
 /// Hyper-parameters a checkpoint may not record (bare safetensors).
@@ -179,6 +185,8 @@ pub fn run() -> Result<ExitCode> {
         Command::Average(a) => average::run(a),
         Command::Cast(a) => cast::run(a),
         Command::Eval(a) => eval::run(*a),
+        Command::Translate(a) => translate::run(*a),
+        Command::MergeShards(a) => merge::run(a),
     }
 }
 
@@ -191,4 +199,44 @@ fn inspect(a: InspectArgs) -> Result<ExitCode> {
         print!("{}", crate::inspect::render_text(&report));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Probe sentence pairs of the self-check of `average --fold` and `export --fold`.
+const FOLD_CHECK_SENTENCES: usize = 16;
+/// Largest acceptable max |Δ log-prob| of that check (`fold`'s default).
+const FOLD_CHECK_TOLERANCE: f32 = 1e-4;
+
+/// The self-check `average --fold` and `export --fold` run (as `fold` does
+/// without test data): original and folded model on the native engine over
+/// random probe sentences; an error when they differ beyond the tolerance.
+pub fn fold_check(
+    original: &crate::spec::Model,
+    folded: &crate::spec::Model,
+) -> Result<crate::verify::FoldCheck> {
+    let c = crate::verify::check_fold_random(
+        original,
+        folded,
+        FOLD_CHECK_SENTENCES,
+        FOLD_CHECK_TOLERANCE,
+    )
+    .map_err(|e| anyhow!("checking the fold: {e}"))?;
+    if !c.passed {
+        anyhow::bail!(
+            "the folded model differs from the original by {:.3e} in log-prob (tolerance {:e}): nothing written",
+            c.max_abs_diff,
+            c.tolerance
+        );
+    }
+    Ok(c)
+}
+
+/// `check: max |Δ log-prob| = … over N random probe sentence pairs (tolerance …): ok`.
+pub fn fold_check_line(c: &crate::verify::FoldCheck) -> String {
+    format!(
+        "check: max |Δ log-prob| = {:.3e} over {} random probe sentence pairs (tolerance {:e}): {}",
+        c.max_abs_diff,
+        c.probe_sentences,
+        c.tolerance,
+        if c.passed { "ok" } else { "FAILED" }
+    )
 }

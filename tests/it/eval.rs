@@ -45,7 +45,7 @@ fn eval_both(args: &[&str]) -> String {
 type Lines = BTreeMap<usize, Vec<(String, String)>>;
 
 /// `PREFIX-id\trest` lines of a fairseq-generate style text, per id, in order.
-fn tagged(text: &str, tag: &str) -> BTreeMap<usize, Vec<String>> {
+pub(crate) fn tagged(text: &str, tag: &str) -> BTreeMap<usize, Vec<String>> {
     let mut out: BTreeMap<usize, Vec<String>> = BTreeMap::new();
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix(&format!("{tag}-")) {
@@ -81,7 +81,7 @@ fn hyps(text: &str) -> Lines {
 /// PyTorch/MKL sum in different orders), P- scores within one unit of the
 /// printed 4th decimal (a value next to a rounding boundary may print
 /// either way).
-fn assert_same_as_fairseq(ours: &str, fairseq_file: &str) {
+pub(crate) fn assert_same_as_fairseq(ours: &str, fairseq_file: &str) {
     let theirs = std::fs::read_to_string(fixture(fairseq_file)).unwrap();
     assert_same_lines(ours, &theirs, fairseq_file);
 }
