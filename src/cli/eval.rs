@@ -251,7 +251,7 @@ fn load_test_set(a: &EvalArgs, data: Option<&Path>, stored: Option<Dicts>) -> Re
         .src
         .as_ref()
         .expect("data_dir gives a directory unless --src");
-    let dicts = text_dictionaries(a.dict_dir.as_deref(), &q, stored)?;
+    let dicts = text_dictionaries(a.dict_dir.as_deref(), &q, stored, &a.model)?;
     let src: Vec<Vec<i64>> = read_lines(src_path)?
         .iter()
         .map(|l| {
@@ -304,19 +304,25 @@ fn check_vocab(backend: &dyn Backend, set: &TestSet, what: &Path) -> Result<()> 
 }
 
 /// The dictionaries for text input: `--dict-dir` (the pair from `q`), else
-/// those stored with the model.
+/// those stored with the model, else those of the data directory the model
+/// records ([`locate::find_data_dir`]).
 pub fn text_dictionaries(
     dict_dir: Option<&Path>,
     q: &Query,
     stored: Option<Dicts>,
+    model: &Path,
 ) -> Result<Dicts> {
     match (dict_dir, stored) {
         (Some(d), _) => locate::dicts_in(d, q),
         (None, Some(d)) => Ok(d),
-        (None, None) => bail!(
-            "no dictionaries: give --dict-dir (a directory with dict.SRC.txt and dict.TGT.txt) \
-             or export the model with its dictionaries"
-        ),
+        (None, None) => match locate::find_data_dir(None, model, q)? {
+            DataSource::Dir(d) => locate::dicts_in(&d, q),
+            DataSource::None(_) => bail!(
+                "{}: no dictionaries (none stored in the model, no recorded data directory found): \
+                 give --dict-dir (a directory with dict.SRC.txt and dict.TGT.txt)",
+                model.display()
+            ),
+        },
     }
 }
 
