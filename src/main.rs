@@ -57,10 +57,7 @@ fn one_line(causes: &[String]) -> String {
             s.chars().collect::<Vec<_>>()
         })
         .collect();
-    let words: Vec<String> = escaped
-        .split(' ')
-        .map(|w| shorten(w, MAX_WORD))
-        .collect();
+    let words: Vec<String> = escaped.split(' ').map(|w| shorten(w, MAX_WORD)).collect();
     shorten(&words.join(" "), MAX_MESSAGE)
 }
 

@@ -58,10 +58,10 @@ pub struct EvalArgs {
     pub dict_dir: Option<PathBuf>,
 
     /// Beam width.
-    #[arg(long, default_value_t = 5, value_parser = super::in_range(1, super::MAX_BEAM))]
+    #[arg(long, default_value_t = 5, allow_negative_numbers = true, value_parser = super::in_range(1, super::MAX_BEAM))]
     pub beam: usize,
     /// Hypotheses printed per sentence.
-    #[arg(long, default_value_t = 1, value_parser = super::in_range(1, super::MAX_BEAM))]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = super::in_range(1, super::MAX_BEAM))]
     pub nbest: usize,
     /// Length penalty: score = sum / len^lenpen.
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_parser = super::finite)]
@@ -81,12 +81,12 @@ pub struct EvalArgs {
     #[arg(long)]
     pub unnormalized: bool,
     /// Sentences per batch (fairseq --batch-size / --max-sentences).
-    #[arg(long, alias = "max-sentences", value_parser = super::in_range(1, super::MAX_BATCH))]
+    #[arg(long, alias = "max-sentences", allow_negative_numbers = true, value_parser = super::in_range(1, super::MAX_BATCH))]
     pub batch_size: Option<usize>,
     /// Tokens per batch (default 12000 when --batch-size is absent, like fairseq).
-    #[arg(long, value_parser = super::in_range(1, super::MAX_TOKENS))]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::in_range(1, super::MAX_TOKENS))]
     pub max_tokens: Option<usize>,
-    #[arg(long, default_value_t = 8, value_parser = super::in_range(1, super::MAX_BATCH))]
+    #[arg(long, default_value_t = 8, allow_negative_numbers = true, value_parser = super::in_range(1, super::MAX_BATCH))]
     pub required_batch_size_multiple: usize,
     /// Join subwords before printing and scoring: subword_nmt (default), sentencepiece, ...
     #[arg(long, num_args = 0..=1, default_missing_value = "subword_nmt", value_name = "MODE")]

@@ -54,11 +54,11 @@ pub struct ModelArgs {
     #[arg(long)]
     pub arch: Option<String>,
     /// Attention heads (encoder and decoder).
-    #[arg(long, value_parser = in_range(1, MAX_HEADS))]
+    #[arg(long, allow_negative_numbers = true, value_parser = in_range(1, MAX_HEADS))]
     pub heads: Option<usize>,
-    #[arg(long, value_parser = in_range(1, MAX_HEADS))]
+    #[arg(long, allow_negative_numbers = true, value_parser = in_range(1, MAX_HEADS))]
     pub encoder_heads: Option<usize>,
-    #[arg(long, value_parser = in_range(1, MAX_HEADS))]
+    #[arg(long, allow_negative_numbers = true, value_parser = in_range(1, MAX_HEADS))]
     pub decoder_heads: Option<usize>,
     /// Feed-forward activation: relu, gelu, gelu_accurate, tanh, linear, swish.
     #[arg(long, value_parser = parse_activation)]

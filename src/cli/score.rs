@@ -18,7 +18,7 @@ pub struct ScoreArgs {
     model: PathBuf,
     #[command(flatten)]
     input: DataArgs,
-    #[arg(long, default_value_t = 64, value_parser = super::in_range(1, super::MAX_BATCH))]
+    #[arg(long, default_value_t = 64, allow_negative_numbers = true, value_parser = super::in_range(1, super::MAX_BATCH))]
     batch_size: usize,
     /// Log base of printed scores: e (natural, fairseq 0.8) or 2 (fairseq 0.12).
     #[arg(long, default_value = "e")]

@@ -352,7 +352,10 @@ pub fn beam_search(
                     positional_scores: positional,
                 });
             }
-            if sent.finalized.len() >= beam {
+            // fairseq's is_finished: `beam` hypotheses, or the step at
+            // max_len, where every live beam was forced to EOS (at step 0 that
+            // is one hypothesis: the single row's EOS).
+            if sent.finalized.len() >= beam || step >= max_len {
                 let mut hyps = std::mem::take(&mut sent.finalized);
                 // Stable: equal scores keep finalization order.
                 hyps.sort_by(|a, b| b.score.total_cmp(&a.score));

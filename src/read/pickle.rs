@@ -69,7 +69,9 @@ pub enum PickleError {
     Invalid { msg: String, offset: usize },
     #[error("pickle nests deeper than {MAX_DEPTH} levels")]
     TooDeep,
-    #[error("pickle needs more than {0} bytes of memory to unpickle (shared references or copies)")]
+    #[error(
+        "pickle needs more than {0} bytes of memory to unpickle (shared references or copies)"
+    )]
     TooLarge(usize),
     /// An error raised by the caller's persistent_load.
     #[error("{0}")]

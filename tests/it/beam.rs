@@ -419,7 +419,11 @@ fn semantics_on_hand_made_cases() {
         assert_eq!(got[0], reference(&toy, &src[0], &opts, max_len_b as usize));
         for h in &got[0] {
             let len = h.tokens.len();
-            assert!(len as i64 > min_len, "EOS at step {} < min_len {min_len}", len - 1);
+            assert!(
+                len as i64 > min_len,
+                "EOS at step {} < min_len {min_len}",
+                len - 1
+            );
             assert!(len as i64 <= max_len_b + 1);
             assert_eq!(*h.tokens.last().unwrap(), EOS as i64);
             assert!(!h.tokens[..len - 1].contains(&(EOS as i64)));

@@ -36,7 +36,9 @@ fn admin_fork_folds_exactly_and_reproduces_score_reference() {
     assert_eq!(code, Some(0), "{v}");
     assert_eq!(v["probe_sentences"], 200);
     let diff = v["max_abs_diff"].as_f64().expect("diff");
-    assert!(diff <= 1e-5, "max |Δ log-prob| {diff}");
+    // Bound from float32 rounding (tol.rs): measured 1.025e-5 on Zen 4
+    // (AVX-512), 8.6e-6 on AVX2, against 12 ulps = 2.3e-5.
+    assert!(diff <= crate::tol::LOGPROB, "max |Δ log-prob| {diff}");
     assert_eq!(v["fold"]["sublayers_folded"], 10);
     assert_eq!(v["fold"]["untied_embeddings"], true);
     assert_eq!(v["fold"]["positions_to_learned"], true);
@@ -80,7 +82,10 @@ fn admin_torch_folds_exactly() {
     // Measured 1.3e-5: log-probs reach about -30 over the whole vocabulary,
     // where a float32 ulp is 2e-6; every ω here is ~1.5, so the reordered
     // arithmetic costs a few ulps more than on the Admin fork (8.6e-6).
-    assert!(v["max_abs_diff"].as_f64().expect("diff") <= 2e-5, "{v}");
+    assert!(
+        v["max_abs_diff"].as_f64().expect("diff") <= crate::tol::LOGPROB,
+        "{v}"
+    );
     check_score_reference(
         out.to_str().expect("utf-8"),
         "data-bin",
@@ -117,7 +122,11 @@ fn deepnet_scalar_alpha_folds_exactly() {
     assert_eq!(code, Some(0), "{v}");
     assert_eq!(v["fold"]["from"], "deep-net");
     assert_eq!(v["fold"]["sublayers_folded"], 10);
-    assert!(v["max_abs_diff"].as_f64().expect("diff") <= 1e-5, "{v}");
+    // float32 rounding bound, see tol.rs.
+    assert!(
+        v["max_abs_diff"].as_f64().expect("diff") <= crate::tol::LOGPROB,
+        "{v}"
+    );
 }
 
 #[test]
@@ -172,7 +181,10 @@ fn mixed_dtype_checkpoint_folds_and_reports_the_mix() {
     assert_eq!(v["input_dtypes"]["f16"], 46);
     assert_eq!(v["input_dtypes"]["f32"], 30);
     // measured 1.2e-5: float32 reordering noise on log-probs down to -30
-    assert!(v["max_abs_diff"].as_f64().expect("diff") <= 2e-5, "{v}");
+    assert!(
+        v["max_abs_diff"].as_f64().expect("diff") <= crate::tol::LOGPROB,
+        "{v}"
+    );
     let r = inspect_json(&out, &[]);
     assert_eq!(r["mixed_float_dtypes"], false);
     assert_eq!(r["dtypes"]["f32"], r["tensors"]);

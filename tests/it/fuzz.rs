@@ -105,7 +105,9 @@ enum Kind {
     Safetensors,
     Dict,
     /// `.idx` then `.bin`, split at `split`.
-    Dataset { split: usize },
+    Dataset {
+        split: usize,
+    },
 }
 
 struct Seed {
@@ -438,7 +440,11 @@ fn zip_headers(b: &mut [u8], rng: &mut Rng) {
     }
     let at = *rng.pick(&hits) + *rng.pick(fields);
     let v = rng.interesting().to_le_bytes();
-    let width = if matches!(at - hits[0], 8 | 10 | 26 | 28 | 30) { 2 } else { 4 };
+    let width = if matches!(at - hits[0], 8 | 10 | 26 | 28 | 30) {
+        2
+    } else {
+        4
+    };
     for (i, x) in v.iter().take(width).enumerate() {
         if let Some(slot) = b.get_mut(at + i) {
             *slot = *x;
@@ -461,7 +467,11 @@ fn mutate_safetensors(b: &[u8], rng: &mut Rng) -> Vec<u8> {
         bytes(&mut out, rng);
         return out;
     };
-    let names: Vec<String> = obj.keys().filter(|k| *k != "__metadata__").cloned().collect();
+    let names: Vec<String> = obj
+        .keys()
+        .filter(|k| *k != "__metadata__")
+        .cloned()
+        .collect();
     let junk = |rng: &mut Rng| -> serde_json::Value {
         match rng.below(7) {
             0 => serde_json::json!(rng.interesting()),
@@ -685,7 +695,11 @@ fn run_one(kind: Kind, data: &[u8], dir: &Path, bound: u64, tally: &mut Tally) -
             r.err().map(|_| "panic in IndexedDataset".to_string())
         }
         _ => {
-            let ext = if kind == Kind::Safetensors { "safetensors" } else { "pt" };
+            let ext = if kind == Kind::Safetensors {
+                "safetensors"
+            } else {
+                "pt"
+            };
             let p = dir.join(format!("mutant.{ext}"));
             std::fs::write(&p, data).expect("write mutant");
             if std::panic::catch_unwind(|| library_checkpoint(&p)).is_err() {
@@ -743,7 +757,16 @@ fn worker() {
             defect = Some(format!("worker peak RSS {} MiB", self_peak_rss() >> 20));
         }
         tally.mutants += 1;
-        *tally.per_kind.entry(format!("{:?}", s.kind).split(' ').next().unwrap_or("").to_string()).or_default() += 1;
+        *tally
+            .per_kind
+            .entry(
+                format!("{:?}", s.kind)
+                    .split(' ')
+                    .next()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+            .or_default() += 1;
         if let Some(d) = defect {
             tally.crashes += 1;
             save_crash(&out, seed * 1_000_000 + tally.mutants, &d, &s.name, &data);
@@ -761,7 +784,11 @@ fn worker() {
         "seconds": start.elapsed().as_secs_f64(),
         "per_kind": tally.per_kind,
     });
-    std::fs::write(out.join(format!("summary-{seed}.json")), summary.to_string()).expect("summary");
+    std::fs::write(
+        out.join(format!("summary-{seed}.json")),
+        summary.to_string(),
+    )
+    .expect("summary");
 }
 
 fn env_num(key: &str, default: f64) -> f64 {
@@ -788,10 +815,16 @@ fn smoke() {
     while start.elapsed().as_secs_f64() < secs - 1.0 {
         let left = secs - start.elapsed().as_secs_f64();
         let mut cmd = Command::new(&exe);
-        cmd.args(["fuzz::worker", "--exact", "--ignored", "--test-threads", "1"])
-            .env("ADMIN_CONVERT_FUZZ_OUT", &out)
-            .env("ADMIN_CONVERT_FUZZ_SECONDS", left.to_string())
-            .env("ADMIN_CONVERT_FUZZ_SEED", seed.to_string());
+        cmd.args([
+            "fuzz::worker",
+            "--exact",
+            "--ignored",
+            "--test-threads",
+            "1",
+        ])
+        .env("ADMIN_CONVERT_FUZZ_OUT", &out)
+        .env("ADMIN_CONVERT_FUZZ_SECONDS", left.to_string())
+        .env("ADMIN_CONVERT_FUZZ_SEED", seed.to_string());
         // SAFETY: setrlimit only, between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
@@ -828,7 +861,10 @@ fn smoke() {
                 let what = format!(
                     "worker died: {:?}; {}",
                     o.status,
-                    String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")
+                    String::from_utf8_lossy(&o.stderr)
+                        .lines()
+                        .last()
+                        .unwrap_or("")
                 );
                 save_crash(&out, seed * 1_000_000, &what, &name, &data);
             }
