@@ -13,6 +13,7 @@ mod export;
 mod export_cli;
 mod fold;
 mod fuzz;
+mod hostile;
 mod inspect;
 mod limits;
 mod metrics;
