@@ -15,11 +15,12 @@
 
 use super::model::{open, Opened, RuntimeArgs};
 use super::ModelArgs;
-use crate::data::{BpeMode, Dictionary, IndexedDataset};
+use crate::data::locate::{self, DataSource, Dicts, Query};
+use crate::data::BpeMode;
 use crate::decode::{decode_all, Batching, BeamOptions, Hypothesis};
-use crate::export::{GraphKind, Precision};
 use crate::metrics::{BleuScorer, SacreBleu};
 use crate::runtime::Backend;
+use crate::write::output;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value as Json};
@@ -34,8 +35,12 @@ pub struct EvalArgs {
     /// A checkpoint (.pt / .safetensors; exported in memory) or a directory
     /// written by `admin-convert export`.
     pub model: PathBuf,
+    /// fairseq data directory (like `fairseq-generate DATA`; default: the
+    /// one the checkpoint records).
+    #[arg(conflicts_with_all = ["data", "src"])]
+    pub data_dir: Option<PathBuf>,
     /// Source sentences, one per line, already BPE'd (what fairseq-interactive reads).
-    #[arg(long, conflicts_with = "data", required_unless_present = "data")]
+    #[arg(long, conflicts_with = "data")]
     pub src: Option<PathBuf>,
     /// References for --src, one per line, BPE'd like the training data.
     #[arg(long = "ref", requires = "src")]
@@ -160,117 +165,21 @@ impl ScoreBase {
     }
 }
 
-/// Opens MODEL with the shared [`open`]; an export directory without
-/// dictionary files may still carry them in its graphs' metadata.
 fn open_model(path: &Path, a: &EvalArgs) -> Result<Opened> {
-    open_with(path, a, &a.runtime)
+    open(path, &a.model_args, &a.runtime)
 }
 
 fn open_with(path: &Path, a: &EvalArgs, runtime: &RuntimeArgs) -> Result<Opened> {
-    let mut opened = open(path, &a.model_args, runtime, None)?;
-    if opened.dicts.is_none() && path.is_dir() {
-        let precision = if runtime.fp16 {
-            Precision::Fp16
-        } else {
-            Precision::Fp32
-        };
-        opened.dicts = dictionaries_in_graph(&path.join(GraphKind::Encoder.file_name(precision)))?;
-    }
-    Ok(opened)
-}
-
-/// The `fairseq.dict.src` / `fairseq.dict.tgt` metadata of an exported graph.
-pub fn dictionaries_in_graph(path: &Path) -> Result<Option<(Dictionary, Dictionary)>> {
-    use prost::Message;
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let model = tract_onnx::pb::ModelProto::decode(bytes.as_slice())
-        .with_context(|| format!("{}: not an ONNX model", path.display()))?;
-    let get = |key: &str| {
-        model
-            .metadata_props
-            .iter()
-            .find(|p| p.key == key)
-            .map(|p| p.value.clone())
-    };
-    match (get("fairseq.dict.src"), get("fairseq.dict.tgt")) {
-        (Some(s), Some(t)) => {
-            let parse = |text: &str, which: &str| {
-                Dictionary::from_dict_txt(text)
-                    .with_context(|| format!("{}: fairseq.dict.{which} metadata", path.display()))
-            };
-            Ok(Some((parse(&s, "src")?, parse(&t, "tgt")?)))
-        }
-        _ => Ok(None),
-    }
-}
-
-/// fairseq's language pair of a binarized split: files `SUBSET.A-B.A.idx`.
-fn infer_langs(dir: &Path, subset: &str) -> Result<(String, String)> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .collect();
-    names.sort();
-    for n in &names {
-        let parts: Vec<&str> = n.split('.').collect();
-        if parts.len() == 4 && parts[0] == subset && parts[3] == "idx" {
-            if let Some((a, b)) = parts[1].split_once('-') {
-                if parts[2] == a && names.contains(&format!("{subset}.{a}-{b}.{b}.idx")) {
-                    return Ok((a.to_string(), b.to_string()));
-                }
-            }
-        }
-    }
-    bail!(
-        "{}: no binarized '{subset}' split (SUBSET.SRC-TGT.SRC.idx); give --subset, or --source-lang/--target-lang",
-        dir.display()
-    )
-}
-
-/// `dict.SRC.txt` and `dict.TGT.txt` of `dir`.
-fn read_dicts(dir: &Path, langs: Option<(&str, &str)>) -> Result<(Dictionary, Dictionary)> {
-    let read = |lang: &str| -> Result<Dictionary> {
-        let p = dir.join(format!("dict.{lang}.txt"));
-        Dictionary::read(&p).with_context(|| format!("{}", p.display()))
-    };
-    if let Some((s, t)) = langs {
-        return Ok((read(s)?, read(t)?));
-    }
-    if dir.join("dict.src.txt").is_file() && dir.join("dict.tgt.txt").is_file() {
-        return Ok((read("src")?, read("tgt")?));
-    }
-    let mut found: Vec<String> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with("dict.") && n.ends_with(".txt"))
-        .collect();
-    found.sort();
-    match found.as_slice() {
-        [] => bail!("{}: no dict.*.txt dictionaries", dir.display()),
-        [one] => {
-            let d = read(&one["dict.".len()..one.len() - ".txt".len()])?;
-            Ok((d.clone(), d))
-        }
-        _ => bail!(
-            "{}: several dictionaries ({}): give --source-lang and --target-lang",
-            dir.display(),
-            found.join(", ")
-        ),
-    }
+    open(path, &a.model_args, runtime)
 }
 
 /// What is translated: source ids (with EOS) and, when known, reference ids.
 struct TestSet {
     src: Vec<Vec<i64>>,
     refs: Option<Vec<Vec<u32>>>,
-    src_dict: Dictionary,
-    tgt_dict: Dictionary,
-}
-
-fn idx_exists(prefix: &Path) -> bool {
-    let mut p = prefix.as_os_str().to_owned();
-    p.push(".idx");
-    Path::new(&p).is_file()
+    dicts: Dicts,
+    /// The split's name when read from a data directory.
+    split: Option<String>,
 }
 
 fn read_lines(path: &Path) -> Result<Vec<String>> {
@@ -279,65 +188,41 @@ fn read_lines(path: &Path) -> Result<Vec<String>> {
     Ok(text.lines().map(str::to_string).collect())
 }
 
-fn load_test_set(a: &EvalArgs, stored: Option<(Dictionary, Dictionary)>) -> Result<TestSet> {
-    let langs = match (&a.source_lang, &a.target_lang) {
-        (Some(s), Some(t)) => Some((s.clone(), t.clone())),
-        (None, None) => None,
-        _ => bail!("give both --source-lang and --target-lang, or neither"),
-    };
-    if let Some(dir) = &a.data {
-        let (s, t) = match langs {
-            Some(l) => l,
-            None => infer_langs(dir, &a.subset)?,
-        };
-        let (src_dict, tgt_dict) = match &a.dict_dir {
-            Some(d) => read_dicts(d, Some((&s, &t)))?,
-            None => read_dicts(dir, Some((&s, &t)))?,
-        };
-        let prefix = |lang: &str| -> PathBuf {
-            let fwd = dir.join(format!("{}.{s}-{t}.{lang}", a.subset));
-            if idx_exists(&fwd) {
-                fwd
-            } else {
-                dir.join(format!("{}.{t}-{s}.{lang}", a.subset))
-            }
-        };
-        let open = |lang: &str| -> Result<IndexedDataset> {
-            let p = prefix(lang);
-            IndexedDataset::open(&p).with_context(|| format!("{}.{{idx,bin}}", p.display()))
-        };
-        let read_all = |ds: &IndexedDataset| -> Result<Vec<Vec<u32>>> {
-            ds.iter().map(|r| r.map_err(anyhow::Error::from)).collect()
-        };
-        let src_ds = open(&s)?;
-        let src = read_all(&src_ds)?
-            .into_iter()
-            .map(|v| v.into_iter().map(i64::from).collect())
-            .collect::<Vec<Vec<i64>>>();
-        let tgt_prefix = prefix(&t);
-        let refs = if idx_exists(&tgt_prefix) {
-            let r = read_all(&open(&t)?)?;
-            ensure!(
-                r.len() == src.len(),
-                "{}: {} sources but {} targets",
-                dir.display(),
-                src.len(),
-                r.len()
-            );
-            Some(r)
-        } else {
-            None
-        };
+/// The data directory to translate when no --src was given: the positional
+/// one, --data, the checkpoint's recorded one (see [`locate`]).
+fn data_dir(a: &EvalArgs, q: &Query) -> Result<Option<PathBuf>> {
+    if a.src.is_some() {
+        return Ok(None);
+    }
+    let given = a.data_dir.as_deref().or(a.data.as_deref());
+    match locate::find_data_dir(given, &a.model, q)? {
+        DataSource::Dir(d) => Ok(Some(d)),
+        DataSource::None(msg) => bail!("{msg}"),
+    }
+}
+
+fn load_test_set(a: &EvalArgs, data: Option<&Path>, stored: Option<Dicts>) -> Result<TestSet> {
+    let q = query(a)?;
+    if let Some(dir) = data {
+        let dicts = locate::dicts_in(a.dict_dir.as_deref().unwrap_or(dir), &q)?;
+        let split = locate::read_split(dir, &q)?;
         return Ok(TestSet {
-            src,
-            refs,
-            src_dict,
-            tgt_dict,
+            src: split
+                .src
+                .into_iter()
+                .map(|v| v.into_iter().map(i64::from).collect())
+                .collect(),
+            refs: split.tgt,
+            dicts,
+            split: Some(a.subset.clone()),
         });
     }
-    let src_path = a.src.as_ref().expect("clap requires --src or --data");
-    let (src_dict, tgt_dict) = match (&a.dict_dir, stored) {
-        (Some(d), _) => read_dicts(d, langs.as_ref().map(|(s, t)| (s.as_str(), t.as_str())))?,
+    let src_path = a
+        .src
+        .as_ref()
+        .expect("data_dir gives a directory unless --src");
+    let dicts = match (&a.dict_dir, stored) {
+        (Some(d), _) => locate::dicts_in(d, &q)?,
         (None, Some(d)) => d,
         (None, None) => bail!(
             "no dictionaries: give --dict-dir (a directory with dict.SRC.txt and dict.TGT.txt) \
@@ -346,13 +231,20 @@ fn load_test_set(a: &EvalArgs, stored: Option<(Dictionary, Dictionary)>) -> Resu
     };
     let src: Vec<Vec<i64>> = read_lines(src_path)?
         .iter()
-        .map(|l| src_dict.encode_line(l).into_iter().map(i64::from).collect())
+        .map(|l| {
+            dicts
+                .src
+                .encode_line(l)
+                .into_iter()
+                .map(i64::from)
+                .collect()
+        })
         .collect();
     let refs = match &a.reference {
         Some(p) => {
             let r: Vec<Vec<u32>> = read_lines(p)?
                 .iter()
-                .map(|l| tgt_dict.encode_line(l))
+                .map(|l| dicts.tgt.encode_line(l))
                 .collect();
             ensure!(
                 r.len() == src.len(),
@@ -369,26 +261,46 @@ fn load_test_set(a: &EvalArgs, stored: Option<(Dictionary, Dictionary)>) -> Resu
     Ok(TestSet {
         src,
         refs,
-        src_dict,
-        tgt_dict,
+        dicts,
+        split: None,
     })
+}
+
+fn query(a: &EvalArgs) -> Result<Query> {
+    Query::new(
+        a.source_lang.as_deref(),
+        a.target_lang.as_deref(),
+        &a.subset,
+    )
 }
 
 /// Checks the dictionaries fit the model's embedding tables.
 fn check_vocab(backend: &dyn Backend, set: &TestSet, what: &Path) -> Result<()> {
     let info = backend.info();
-    for (dict, rows, side) in [
-        (&set.src_dict, info.src_vocab, "source"),
-        (&set.tgt_dict, info.tgt_vocab, "target"),
-    ] {
-        ensure!(
-            dict.len() == rows,
-            "{}: the {side} dictionary has {} entries but the model's {side} embedding has {rows} rows: wrong dictionary?",
-            what.display(),
-            dict.len()
-        );
+    locate::check_vocab(&set.dicts, info.src_vocab, info.tgt_vocab, what)
+}
+
+/// Refuse `-o` onto an input or a non-regular file.
+fn check_output(a: &EvalArgs, data: Option<&Path>) -> Result<()> {
+    let Some(o) = &a.output else { return Ok(()) };
+    let mut inputs: Vec<PathBuf> = [&a.src, &a.reference, &a.compare, &a.expect_fairseq]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    inputs.push(a.model.clone());
+    for d in [
+        Some(a.model.as_path()),
+        data,
+        a.dict_dir.as_deref(),
+        a.compare.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        inputs.extend(output::files_in(d));
     }
-    Ok(())
+    output::check_file(o, &inputs.iter().map(PathBuf::as_path).collect::<Vec<_>>())
 }
 
 /// Python's `repr(float)`: shortest round-trip digits, `1e-05` style
@@ -485,7 +397,7 @@ fn decode(
         .iter()
         .map(|hs| {
             hs.iter()
-                .map(|h| set.tgt_dict.string(&ids(&h.tokens), bpe))
+                .map(|h| set.dicts.tgt.string(&ids(&h.tokens), bpe))
                 .collect()
         })
         .collect();
@@ -527,7 +439,7 @@ fn score(set: &TestSet, d: &Decoded, bpe: Option<BpeMode>) -> Option<Scores> {
     let mut bleu = BleuScorer::new();
     let mut sacre = SacreBleu::new();
     for (i, r) in refs.iter().enumerate() {
-        let target_str = set.tgt_dict.string_escape_unk(r, bpe);
+        let target_str = set.dicts.tgt.string_escape_unk(r, bpe);
         let hyp_str = &d.texts[i][0];
         match bpe {
             Some(_) => bleu.add(&target_str, hyp_str),
@@ -582,12 +494,12 @@ fn render(a: &EvalArgs, set: &TestSet, d: &Decoded, bpe: Option<BpeMode>) -> Str
         }
         out.push_str(&format!(
             "S-{i}\t{}\n",
-            set.src_dict.string(&ids(&set.src[i]), bpe)
+            set.dicts.src.string(&ids(&set.src[i]), bpe)
         ));
         if let Some(refs) = &set.refs {
             out.push_str(&format!(
                 "T-{i}\t{}\n",
-                set.tgt_dict.string_escape_unk(&refs[i], bpe)
+                set.dicts.tgt.string_escape_unk(&refs[i], bpe)
             ));
         }
         for (h, text) in hs.iter().zip(&d.texts[i]) {
@@ -720,8 +632,10 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         None => None,
     };
     let load_start = Instant::now();
+    let data = data_dir(&a, &query(&a)?)?;
+    check_output(&a, data.as_deref())?;
     let Opened { mut backend, dicts } = open_model(&a.model, &a)?;
-    let set = load_test_set(&a, dicts)?;
+    let set = load_test_set(&a, data.as_deref(), dicts)?;
     check_vocab(backend.as_ref(), &set, &a.model)?;
     let load_seconds = load_start.elapsed().as_secs_f64();
 
@@ -736,7 +650,10 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     let hyps_on_stdout = a.output.is_none() && !a.quiet && !a.json;
     let rendered = render(&a, &set, &d, bpe);
     if let Some(p) = &a.output {
-        std::fs::write(p, &rendered).with_context(|| format!("writing {}", p.display()))?;
+        crate::write::atomic_write(p, |w| Ok(w.write_all(rendered.as_bytes())?))?;
+        if !a.json {
+            println!("wrote {}", p.display());
+        }
     } else if hyps_on_stdout {
         let mut out = std::io::stdout().lock();
         out.write_all(rendered.as_bytes())?;
@@ -843,11 +760,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             per_s(d.tokens, d.seconds),
             backend.name()
         )];
-        let subset = if a.data.is_some() {
-            a.subset.as_str()
-        } else {
-            "input"
-        };
+        let subset = set.split.as_deref().unwrap_or("input");
         if let Some(s) = &scores {
             lines.push(format!(
                 "Generate {subset} with beam={}: {}",

@@ -129,7 +129,6 @@ fn numeric_flags_out_of_range_are_one_line_errors() {
 #[test]
 fn usage_errors_are_one_line() {
     for args in [
-        &[][..],
         &["inspect"][..],
         &["frobnicate"][..],
         &["inspect", "a.pt", "--no-such-flag"][..],

@@ -15,8 +15,8 @@
 //!
 //! Measured on the fold of the Admin fork checkpoint (fold.rs, 200 test
 //! sentences): 1.025e-5 on an AMD Zen 4 (AVX-512), 8.6e-6 on an AVX2-only
-//! EPYC, i.e. 5.4 and 4.5 ulps; DeepNet's and ReZero's folds: 1.2e-5 and
-//! 1.3e-5 (6.8 ulps) on Zen 4. [`LOGPROB`] allows 12 ulps.
+//! EPYC, i.e. 5.4 and 4.5 ulps; admin-torch's fold 1.3e-5 (6.8 ulps) on
+//! Zen 4. [`LOGPROB`] allows 16 ulps, the bound fold.rs's `FOLD_TOL` uses.
 
 /// One float32 ulp at magnitude `x` (the spacing of floats in `[2^e, 2^(e+1))`).
 pub fn ulp(x: f64) -> f64 {
@@ -25,11 +25,11 @@ pub fn ulp(x: f64) -> f64 {
 }
 
 /// |Δ| allowed between two float32 evaluations of log-probabilities above
-/// −32 that differ only in operation order: 12 ulps of 16..32 ≈ 2.3e-5.
-pub const LOGPROB: f64 = 12.0 * 1.9073486328125e-6;
+/// −32 that differ only in operation order: 16 ulps of 16..32 ≈ 3.05e-5.
+pub const LOGPROB: f64 = 16.0 * 1.9073486328125e-6;
 
 /// |Δ| allowed between two float32 evaluations of encoder outputs
-/// (LayerNorm outputs, |x| < 8 in these models): 12 ulps of 4..8 ≈ 5.7e-6,
+/// (LayerNorm outputs, |x| < 8 in these models): 16 ulps of 4..8 ≈ 7.6e-6,
 /// rounded up to the 1e-5 the export tests have always used (21 ulps).
 pub const ENCODER: f64 = 1e-5;
 
@@ -39,7 +39,7 @@ fn ulp_matches_float32_spacing() {
         let next = f32::from_bits(x.to_bits() + 1);
         assert_eq!(ulp(x as f64), (next - x) as f64, "{x}");
     }
-    assert_eq!(LOGPROB, 12.0 * ulp(20.0));
+    assert_eq!(LOGPROB, 16.0 * ulp(20.0));
 }
 
 /// [`LOGPROB`] and [`ENCODER`] for float32 measurements.
