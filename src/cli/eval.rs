@@ -388,7 +388,21 @@ fn decode(
                 ));
             }
         },
-    )?;
+    )
+    .with_context(|| {
+        // Name the files: decoding errors (a source longer than the model's
+        // positions, a token outside its vocabulary) do not know them.
+        let input = match (&a.src, &a.data) {
+            (Some(src), _) => src.display().to_string(),
+            (None, Some(data)) => format!(
+                "{} ({} split)",
+                data.display(),
+                set.split.as_deref().unwrap_or(&a.subset)
+            ),
+            (None, None) => "the test set".into(),
+        };
+        format!("{}: decoding {input}", a.model.display())
+    })?;
     let seconds = start.elapsed().as_secs_f64();
     if let Some(bar) = bar {
         bar.finish_and_clear();

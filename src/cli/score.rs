@@ -216,7 +216,17 @@ pub fn run(a: ScoreArgs) -> Result<ExitCode> {
         &pairs.sources,
         &pairs.targets,
         a.batch_size,
-    )?;
+    )
+    .with_context(|| {
+        // Name the files: scoring errors (a reference longer than the model's
+        // positions) do not know them.
+        let files: Vec<String> = [&a.input.src, &a.input.reference, &a.input.data]
+            .into_iter()
+            .flatten()
+            .map(|p| p.display().to_string())
+            .collect();
+        format!("{}: scoring {}", a.model.display(), files.join(", "))
+    })?;
     let k = if base2 { std::f64::consts::LN_2 } else { 1.0 };
     let mut buf: Vec<u8> = vec![];
     let out = &mut buf;

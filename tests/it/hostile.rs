@@ -430,3 +430,47 @@ fn os_errors_are_not_repeated() {
     let os = err.matches("(os error").count();
     assert!(os <= 1, "{err}");
 }
+
+/// Errors found while decoding or scoring name the model and the input
+/// files (before: "step 1024 is past the model's 1024 target positions",
+/// "a source has 1101 tokens, the model takes at most 1024", bare).
+#[test]
+fn decoding_errors_name_the_files() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let word = |dict: &str| {
+        let text = std::fs::read_to_string(fixture(dict)).expect("dict");
+        text.split_whitespace().next().expect("a word").to_string()
+    };
+    let long = |w: String| vec![w; 1100].join(" ") + "\n";
+    let src = write(
+        d.path(),
+        "long_src.txt",
+        long(word("data-bin/dict.src.txt")).as_bytes(),
+    );
+    let reference = write(
+        d.path(),
+        "long_ref.txt",
+        long(word("data-bin/dict.tgt.txt")).as_bytes(),
+    );
+    let short = write(d.path(), "short_src.txt", b"the small king\n");
+    let model = fixture("postln-fairseq012/checkpoint_best.pt");
+    let (m, dicts) = (
+        model.to_str().expect("utf-8"),
+        fixture("data-bin").to_str().expect("utf-8").to_string(),
+    );
+    let s = |p: &PathBuf| p.to_str().expect("utf-8").to_string();
+    let o = crate::common::run(&[
+        "score",
+        m,
+        "--src",
+        &s(&short),
+        "--ref",
+        &s(&reference),
+        "--dict-dir",
+        &dicts,
+    ]);
+    crate::common::assert_one_line_error(&o, "long_ref.txt");
+    assert!(crate::common::stderr(&o).contains("checkpoint_best.pt"));
+    let o = crate::common::run(&["eval", m, "--src", &s(&src), "--dict-dir", &dicts, "-q"]);
+    crate::common::assert_one_line_error(&o, "long_src.txt");
+}
