@@ -1,11 +1,20 @@
-//! `admin-convert export CKPT --onnx -o DIR`: encoder, incremental decoder
-//! and teacher-forced decoder graphs (fp32, and fp16 with `--fp16`), with
-//! the dictionaries beside them so the directory is a complete model.
+//! `admin-convert export CKPT (--onnx | --ct2) -o DIR`: a model directory
+//! for a deployment runtime.
+//!
+//! - `--onnx`: encoder, incremental decoder and teacher-forced decoder
+//!   graphs (fp32, and fp16 with `--fp16`) for our own decoder, with the
+//!   dictionaries beside them so the directory is a complete model.
+//! - `--ct2`: a CTranslate2 directory ([`crate::write::ct2`]): residual
+//!   scales folded and the fold measured first (exit 1 above
+//!   `--tolerance`), weights in CTranslate2's `--quantization`.
 
 use super::{load, ModelArgs};
 use crate::data::locate::{self, Query};
 use crate::export::{self, ExportOptions};
+use crate::spec::Model;
 use crate::transform::fold::{fold_with_summary, FoldMode};
+use crate::verify::{self, Probe};
+use crate::write::ct2;
 use crate::write::output::{self, Kind};
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -17,10 +26,20 @@ use std::process::ExitCode;
 pub struct ExportArgs {
     /// Checkpoint (.pt or .safetensors).
     checkpoint: PathBuf,
-    /// Write ONNX graphs (the only export format).
+    /// Write ONNX graphs for admin-convert's decoder.
     #[arg(long)]
     onnx: bool,
-    /// Output directory (default: beside the input, CKPT.onnx/). Written
+    /// Write a CTranslate2 model directory (residual scales folded).
+    #[arg(long)]
+    ct2: bool,
+    /// CTranslate2 weight type: float32 (default), float16, bfloat16, int8,
+    /// int8_float32, int8_float16, int8_bfloat16.
+    #[arg(long, default_value = "float32")]
+    quantization: String,
+    /// Largest acceptable max |Δ log-prob| between original and folded model.
+    #[arg(long, default_value_t = 1e-4)]
+    tolerance: f32,
+    /// Output directory (default: beside the input, CKPT.onnx/ or CKPT.ct2/). Written
     /// into a temporary directory first, then renamed into place.
     #[arg(short, long)]
     output: Option<PathBuf>,
@@ -51,9 +70,29 @@ pub struct ExportArgs {
 }
 
 pub fn run(a: ExportArgs) -> Result<ExitCode> {
-    if !a.onnx {
-        bail!("say --onnx (the only export format)");
+    match (a.onnx, a.ct2) {
+        (true, false) => run_onnx(a),
+        (false, true) => run_ct2(a),
+        _ => bail!("say one of --onnx, --ct2"),
     }
+}
+
+/// The output directory for `kind`, checked against the inputs.
+fn output_dir(a: &ExportArgs, kind: Kind) -> Result<PathBuf> {
+    let out = output::choose(a.output.as_deref(), &a.checkpoint, kind, a.force)?;
+    let mut inputs = vec![a.checkpoint.clone()];
+    if let Some(d) = &a.dict_dir {
+        inputs.extend(output::files_in(d));
+    }
+    output::check_dir(
+        &out,
+        &inputs.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+        a.force,
+    )?;
+    Ok(out)
+}
+
+fn run_onnx(a: ExportArgs) -> Result<ExitCode> {
     let out = output::choose(a.output.as_deref(), &a.checkpoint, Kind::Onnx, a.force)?;
     let mut inputs = vec![a.checkpoint.clone()];
     if let Some(d) = &a.dict_dir {
@@ -124,5 +163,66 @@ pub fn run(a: ExportArgs) -> Result<ExitCode> {
         );
     }
     println!("wrote {}", out.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Fold `m` exactly and measure the fold on 16 random probe sentence
+/// pairs; returns the folded model and the max |Δ log-prob|.
+pub fn fold_checked(m: &Model) -> Result<(Model, f32)> {
+    let (folded, _) = fold_with_summary(m, FoldMode::Exact);
+    let c = &m.config;
+    let probe = Probe::random(16, c.src_vocab, c.tgt_vocab, 24, 1);
+    let diff = verify::max_lprob_diff(m, &folded, &probe)
+        .context("running the original and folded models")?;
+    Ok((folded, diff))
+}
+
+fn run_ct2(a: ExportArgs) -> Result<ExitCode> {
+    let q = ct2::Quantization::parse(&a.quantization).with_context(|| {
+        format!(
+            "unknown --quantization {} ({})",
+            a.quantization,
+            ct2::Quantization::NAMES
+        )
+    })?;
+    let out = output_dir(&a, Kind::Ct2)?;
+    let (ckpt, rec) = load(&a.checkpoint, &a.model)?;
+    let query = Query::new(a.source_lang.as_deref(), a.target_lang.as_deref(), "test")?;
+    let Some(dicts) = super::checkpoint_dicts(&ckpt, a.dict_dir.as_deref(), &query)? else {
+        bail!(
+            "{}: no dictionaries in or beside the checkpoint: pass --dict-dir DIR",
+            a.checkpoint.display()
+        );
+    };
+    drop(ckpt);
+    let (folded, diff) = fold_checked(&rec.model)?;
+    let ok = diff <= a.tolerance;
+    println!(
+        "fold check: max |Δ log-prob| = {diff:.3e} over 16 random probe sentence pairs (tolerance {:.0e}): {}",
+        a.tolerance,
+        if ok { "ok" } else { "FAILED" }
+    );
+    if !ok {
+        println!("not written");
+        return Ok(ExitCode::from(1));
+    }
+    let c = &folded.config;
+    let src = ct2::vocabulary(&dicts.src_text, c.src_vocab).context("source dictionary")?;
+    let tgt = ct2::vocabulary(&dicts.tgt_text, c.tgt_vocab).context("target dictionary")?;
+    let written = output::publish_dir(&out, |tmp| {
+        ct2::write_dir(&folded, (&src, &tgt), q, tmp)
+            .with_context(|| format!("{}: CTranslate2 export", out.display()))
+    })?;
+    for p in &written {
+        let name = p.file_name().map(PathBuf::from).unwrap_or_default();
+        let size = std::fs::metadata(out.join(&name))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        println!(
+            "wrote {} ({})",
+            out.join(name).display(),
+            crate::inspect::human_bytes(size)
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

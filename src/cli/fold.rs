@@ -20,7 +20,8 @@ use std::process::ExitCode;
 pub struct FoldArgs {
     /// Checkpoint to fold (.pt or .safetensors).
     checkpoint: PathBuf,
-    /// Output .safetensors (default: beside the input, CKPT.folded.safetensors).
+    /// Output .safetensors, or .pt for a stock fairseq 0.12 checkpoint
+    /// (default: beside the input, CKPT.folded.safetensors).
     #[arg(short, long)]
     output: Option<PathBuf>,
     /// Keep embeddings tied and sinusoidal: fold each stack's first ω as a
@@ -52,22 +53,17 @@ pub struct FoldArgs {
 }
 
 /// The output path (default beside the input), checked against the policy
-/// of [`output`]: never an input, only regular files, `.safetensors` only
-/// until fold writes fairseq `.pt` checkpoints.
+/// of [`output`]: never an input, only regular files; `.safetensors` or a
+/// fairseq `.pt` by extension.
 fn output_path(a: &FoldArgs) -> Result<PathBuf> {
     let out = output::choose(a.output.as_deref(), &a.checkpoint, Kind::Folded, a.force)?;
+    output::format_of(&out)?;
     let mut inputs = a.input.input_files();
     inputs.push(a.checkpoint.clone());
     output::check_file(
         &out,
         &inputs.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
     )?;
-    if output::format_of(&out)? == FileFormat::FairseqPt {
-        bail!(
-            "{}: fold writes .safetensors (fairseq 0.12 naming, config and dictionaries in the metadata); .pt output is not available yet: give -o NAME.safetensors",
-            out.display()
-        );
-    }
     Ok(out)
 }
 
@@ -160,7 +156,13 @@ pub fn run(a: FoldArgs) -> Result<ExitCode> {
     meta.insert("admin_convert.fold".to_string(), report.to_string());
     let write_it = (passed && damaged == 0) || a.force;
     if write_it {
-        write::safetensors::write(&out, &sd.tensors, &meta)?;
+        match output::format_of(&out)? {
+            // A stock fairseq 0.12 checkpoint (tied tables kept tied).
+            FileFormat::FairseqPt => {
+                write::torch::write(&out, &write::fairseq::checkpoint(&folded, dtype).0)?
+            }
+            FileFormat::Safetensors => write::safetensors::write(&out, &sd.tensors, &meta)?,
+        }
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -7,8 +7,10 @@ mod cast;
 pub mod eval;
 mod export;
 mod fold;
+mod merge;
 pub mod model;
 mod score;
+mod translate;
 
 use crate::data::locate::{self, Dicts, Query};
 use crate::read::Checkpoint;
@@ -73,6 +75,10 @@ enum Command {
         after_help = "Example:\n  admin-convert eval checkpoint_best.pt --beam 4    (test set: the data directory the checkpoint records)\n  admin-convert eval checkpoint_best.onnx data-bin --beam 4 --remove-bpe"
     )]
     Eval(Box<eval::EvalArgs>),
+    /// Translate text of any size from a file or stdin, in bounded memory (like fairseq-interactive).
+    Translate(Box<translate::TranslateArgs>),
+    /// Merge the outputs of a sharded run (--num-shards/--shard-id) in sentence order; BLEU over all.
+    MergeShards(merge::MergeArgs),
 }
 
 /// Hyper-parameters a checkpoint may not record (bare safetensors).
@@ -220,6 +226,8 @@ pub fn run() -> Result<ExitCode> {
         Command::Average(a) => average::run(a),
         Command::Cast(a) => cast::run(a),
         Command::Eval(a) => eval::run(*a),
+        Command::Translate(a) => translate::run(*a),
+        Command::MergeShards(a) => merge::run(a),
     }
 }
 

@@ -37,6 +37,8 @@ pub struct ScoreArgs {
     runtime: RuntimeArgs,
     #[command(flatten)]
     model_args: ModelArgs,
+    #[command(flatten)]
+    shard: super::eval::ShardArgs,
 }
 
 /// Where test sentences come from: BPE'd text + dictionaries, or a fairseq
@@ -211,11 +213,12 @@ pub fn run(a: ScoreArgs) -> Result<ExitCode> {
     let info = opened.backend.info();
     locate::check_vocab(&dicts, info.src_vocab, info.tgt_vocab, &a.model)?;
     let pairs = a.input.pairs(data.as_deref(), &dicts)?;
-    let scored = crate::score::score(
+    let scored = crate::score::score_shard(
         opened.backend.as_mut(),
         &pairs.sources,
         &pairs.targets,
         a.batch_size,
+        a.shard.shard()?,
     )
     .with_context(|| {
         // Name the files: scoring errors (a reference longer than the model's
@@ -233,8 +236,9 @@ pub fn run(a: ScoreArgs) -> Result<ExitCode> {
     if a.json {
         let sents: Vec<_> = scored
             .iter()
-            .map(|s| {
+            .map(|(i, s)| {
                 serde_json::json!({
+                    "id": i,
                     "score": s.score / k,
                     "positional": s.positional.iter().map(|&x| x as f64 / k).collect::<Vec<_>>(),
                 })
@@ -242,9 +246,9 @@ pub fn run(a: ScoreArgs) -> Result<ExitCode> {
             .collect();
         let total: f64 = scored
             .iter()
-            .map(|s| s.positional.iter().map(|&x| x as f64).sum::<f64>())
+            .map(|(_, s)| s.positional.iter().map(|&x| x as f64).sum::<f64>())
             .sum();
-        let ntok: usize = scored.iter().map(|s| s.positional.len()).sum();
+        let ntok: usize = scored.iter().map(|(_, s)| s.positional.len()).sum();
         writeln!(
             out,
             "{}",
@@ -257,8 +261,8 @@ pub fn run(a: ScoreArgs) -> Result<ExitCode> {
             }))?
         )?;
     } else {
-        for (i, s) in scored.iter().enumerate() {
-            writeln!(out, "H-{i}\t{}\t{}", s.score / k, pairs.target_text[i])?;
+        for (i, s) in &scored {
+            writeln!(out, "H-{i}\t{}\t{}", s.score / k, pairs.target_text[*i])?;
             let p: Vec<String> = s
                 .positional
                 .iter()

@@ -4,6 +4,7 @@
 //! is written to a temporary file beside its destination and renamed into
 //! place ([`atomic_write`]), so a failed run never leaves half a file.
 
+pub mod ct2;
 pub mod fairseq;
 pub mod output;
 pub mod safetensors;
