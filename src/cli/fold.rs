@@ -36,10 +36,11 @@ pub struct FoldArgs {
     #[arg(long)]
     force: bool,
     /// Largest acceptable max |Δ log-prob| between original and folded model.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, allow_negative_numbers = true,
+        value_parser = super::non_negative_f32)]
     tolerance: f32,
     /// Random probe sentence pairs used for the check (when no test data is given).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, allow_negative_numbers = true, value_parser = super::in_range(1, super::MAX_PROBES))]
     probe_sentences: usize,
     /// Test sentences to check the fold on (random tokens when absent).
     #[command(flatten)]
