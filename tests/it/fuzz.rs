@@ -717,6 +717,12 @@ fn run_one(kind: Kind, data: &[u8], dir: &Path, bound: u64, tally: &mut Tally) -
             if let Some(d) = c.defect(bound) {
                 return Some(format!("admin-convert {}: {d}", args.join(" ")));
             }
+            if c.code == Some(0)
+                && args.contains(&"--json")
+                && serde_json::from_slice::<serde_json::Value>(&c.stdout).is_err()
+            {
+                return Some("inspect --json printed something that is not JSON".into());
+            }
             if std::fs::read(&p).ok().as_deref() != Some(data) {
                 return Some("inspect changed its input".into());
             }
