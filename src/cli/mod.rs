@@ -169,9 +169,39 @@ pub fn checkpoint_dicts(ckpt: &Checkpoint, dir: Option<&Path>, q: &Query) -> Res
     }
 }
 
+/// A clap error as one line (its message and the possible values, no usage
+/// dump); `--help` / `--version` print as clap does and exit.
+fn usage_error(e: clap::Error) -> anyhow::Error {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("invalid command line");
+    let mut first = first.strip_prefix("error: ").unwrap_or(first).to_string();
+    if first.ends_with(':') {
+        // "the following required arguments were not provided:" + the list
+        let rest: Vec<&str> = lines
+            .clone()
+            .take_while(|l| !l.starts_with("Usage:"))
+            .collect();
+        first = format!("{first} {}", rest.join(", "));
+    }
+    match lines.find(|l| l.starts_with("[possible values")) {
+        Some(values) => anyhow!("{first} {values}"),
+        None => anyhow!("{first}"),
+    }
+}
+
 /// Parse the command line and run the command.
 pub fn run() -> Result<ExitCode> {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().map_err(usage_error)?;
     let Some(command) = cli.command else {
         use clap::CommandFactory;
         print!("{}", Cli::command().render_help());
