@@ -33,7 +33,7 @@ pub struct RuntimeArgs {
     pub fp16: bool,
     /// Threads: onnxruntime intra-op threads, native engine threads
     /// (default: every CPU). tract runs on one thread.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::in_range(1, super::MAX_THREADS))]
     pub threads: Option<usize>,
 }
 

@@ -23,7 +23,7 @@ pub struct ScoreArgs {
     data_dir: Option<PathBuf>,
     #[command(flatten)]
     input: DataArgs,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, allow_negative_numbers = true, value_parser = super::in_range(1, super::MAX_BATCH))]
     batch_size: usize,
     /// Log base of printed scores: e (natural, fairseq 0.8) or 2 (fairseq 0.12).
     #[arg(long, value_enum, default_value_t = ScoreBase::E)]
@@ -216,7 +216,17 @@ pub fn run(a: ScoreArgs) -> Result<ExitCode> {
         &pairs.targets,
         a.batch_size,
         a.shard.shard()?,
-    )?;
+    )
+    .with_context(|| {
+        // Name the files: scoring errors (a reference longer than the model's
+        // positions) do not know them.
+        let files: Vec<String> = [&a.input.src, &a.input.reference, &a.input.data]
+            .into_iter()
+            .flatten()
+            .map(|p| p.display().to_string())
+            .collect();
+        format!("{}: scoring {}", a.model.display(), files.join(", "))
+    })?;
     let k = if base2 { std::f64::consts::LN_2 } else { 1.0 };
     let mut buf: Vec<u8> = vec![];
     let out = &mut buf;
