@@ -372,6 +372,7 @@ fn quantize_int8(shape: &[usize], data: &[f32]) -> (Encoded, Encoded) {
 
 /// Sort by name, alias equal non-scalar tensors to the first of them, then
 /// quantize what is left; returns (variables, aliases) in file order.
+#[allow(clippy::type_complexity)]
 fn finish(vars: Vars, q: Quantization) -> (Vec<(String, Encoded)>, Vec<(String, String)>) {
     let mut vars = vars.0;
     vars.sort_by(|a, b| a.0.cmp(&b.0));
