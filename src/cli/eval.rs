@@ -82,7 +82,8 @@ pub struct EvalArgs {
     pub compare_fp16: bool,
     /// Backend for the --compare model (default: --backend).
     #[arg(long)]
-    pub compare_backend: Option<String>,
+    #[arg(value_enum)]
+    pub compare_backend: Option<super::model::BackendKind>,
     /// A fairseq-generate output: compare its H- lines with ours (exit 1 if any differ).
     #[arg(long)]
     pub expect_fairseq: Option<PathBuf>,
@@ -179,14 +180,14 @@ pub enum ScoreBase {
 }
 
 impl ScoreBase {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             ScoreBase::E => "e",
             ScoreBase::Two => "2",
         }
     }
     /// fairseq's conversion of a float32 natural-log score.
-    fn convert(self, x: f32) -> f32 {
+    pub fn convert(self, x: f32) -> f32 {
         match self {
             ScoreBase::E => x,
             ScoreBase::Two => x / std::f32::consts::LN_2,
@@ -250,7 +251,7 @@ fn load_test_set(a: &EvalArgs, data: Option<&Path>, stored: Option<Dicts>) -> Re
         .src
         .as_ref()
         .expect("data_dir gives a directory unless --src");
-    let dicts = text_dictionaries(a.dict_dir.as_deref(), &q, stored)?;
+    let dicts = text_dictionaries(a.dict_dir.as_deref(), &q, stored, &a.model)?;
     let src: Vec<Vec<i64>> = read_lines(src_path)?
         .iter()
         .map(|l| {
@@ -303,19 +304,25 @@ fn check_vocab(backend: &dyn Backend, set: &TestSet, what: &Path) -> Result<()> 
 }
 
 /// The dictionaries for text input: `--dict-dir` (the pair from `q`), else
-/// those stored with the model.
+/// those stored with the model, else those of the data directory the model
+/// records ([`locate::find_data_dir`]).
 pub fn text_dictionaries(
     dict_dir: Option<&Path>,
     q: &Query,
     stored: Option<Dicts>,
+    model: &Path,
 ) -> Result<Dicts> {
     match (dict_dir, stored) {
         (Some(d), _) => locate::dicts_in(d, q),
         (None, Some(d)) => Ok(d),
-        (None, None) => bail!(
-            "no dictionaries: give --dict-dir (a directory with dict.SRC.txt and dict.TGT.txt) \
-             or export the model with its dictionaries"
-        ),
+        (None, None) => match locate::find_data_dir(None, model, q)? {
+            DataSource::Dir(d) => locate::dicts_in(&d, q),
+            DataSource::None(_) => bail!(
+                "{}: no dictionaries (none stored in the model, no recorded data directory found): \
+                 give --dict-dir (a directory with dict.SRC.txt and dict.TGT.txt)",
+                model.display()
+            ),
+        },
     }
 }
 
@@ -770,11 +777,11 @@ pub fn run(mut a: EvalArgs) -> Result<ExitCode> {
         Some(other) => {
             let mut runtime = a.runtime.clone();
             runtime.fp16 |= a.compare_fp16;
-            if let Some(b) = &a.compare_backend {
-                runtime.backend = b.clone();
-            } else if runtime.fp16 && runtime.backend == "native" {
+            if let Some(b) = a.compare_backend {
+                runtime.backend = b;
+            } else if runtime.fp16 && runtime.backend == super::model::BackendKind::Native {
                 // The native engine is float32: fp16 runs on the graphs.
-                runtime.backend = "auto".into();
+                runtime.backend = super::model::BackendKind::Auto;
             }
             let Opened {
                 backend: mut b2, ..

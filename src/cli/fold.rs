@@ -57,13 +57,13 @@ pub struct FoldArgs {
 /// fairseq `.pt` by extension.
 fn output_path(a: &FoldArgs) -> Result<PathBuf> {
     let out = output::choose(a.output.as_deref(), &a.checkpoint, Kind::Folded, a.force)?;
-    output::format_of(&out)?;
     let mut inputs = a.input.input_files();
     inputs.push(a.checkpoint.clone());
     output::check_file(
         &out,
         &inputs.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
     )?;
+    output::format_of(&out)?;
     Ok(out)
 }
 

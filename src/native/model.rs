@@ -5,8 +5,8 @@
 //! follow `shared/spec/fairseq.md` exactly as the exported graphs do.
 
 use super::gemm::Packed;
-use crate::export::fairseq::LN_EPS;
 use crate::export::GraphInfo;
+use crate::spec::LN_EPS;
 use crate::spec::{self, Activation, Model, Positions};
 use anyhow::{ensure, Result};
 use ndarray::{concatenate, Array2, Axis};
@@ -187,7 +187,7 @@ impl Embed {
             positions: match &e.positions {
                 Positions::None => None,
                 Positions::Sinusoidal => {
-                    let rows = max_positions.saturating_add(spec::PAD + 1);
+                    let rows = spec::position_rows(max_positions);
                     Some(PosTable::Sinusoidal {
                         rows,
                         cached: spec::sinusoidal_table(rows.min(CACHED_POSITION_ROWS), d),
@@ -290,7 +290,7 @@ impl NativeModel {
     /// Builds the engine's layout from a recognised model (unfolded or
     /// folded: residual scales are applied as they are).
     pub fn new(m: &Model) -> Result<NativeModel> {
-        crate::export::fairseq::validate(m)?;
+        crate::spec::validate(m)?;
         let w = &m.weights;
         let c = &m.config;
         let enc_d = w.encoder_embed.tokens.ncols();

@@ -941,6 +941,10 @@ fn onnx_check(paths: &[PathBuf]) {
             .is_ok_and(|s| s.success())
     });
     let Some(py) = py else {
+        assert!(
+            std::env::var("ADMIN_CONVERT_REQUIRE_ORT").as_deref() != Ok("1"),
+            "ADMIN_CONVERT_REQUIRE_ORT=1 but no Python has the onnx package (run scripts/setup-python.sh)"
+        );
         eprintln!("note: no Python with the onnx package: skipping onnx.checker");
         return;
     };
