@@ -231,8 +231,8 @@ struct CastReport {
 }
 
 pub fn run(a: CastArgs) -> Result<ExitCode> {
-    let format = out_format(&a.output)?;
     refuse_overwrite(&a.output, std::slice::from_ref(&a.checkpoint))?;
+    let format = out_format(&a.output)?;
     let ckpt = Checkpoint::open(&a.checkpoint)?;
     if ckpt.entries.is_empty() {
         return Err(anyhow!(

@@ -17,7 +17,7 @@ use super::model::{open, Opened, RuntimeArgs};
 use super::ModelArgs;
 use crate::data::locate::{self, DataSource, Dicts, Query};
 use crate::data::BpeMode;
-use crate::decode::{decode_all, Batching, BeamOptions, Hypothesis};
+use crate::decode::{decode_batches, plan_shard, Batching, BeamOptions, Hypothesis, Shard};
 use crate::metrics::{BleuScorer, SacreBleu};
 use crate::runtime::Backend;
 use crate::write::output;
@@ -62,50 +62,12 @@ pub struct EvalArgs {
     #[arg(long)]
     pub dict_dir: Option<PathBuf>,
 
-    /// Beam width.
-    #[arg(long, default_value_t = 5)]
-    pub beam: usize,
-    /// Hypotheses printed per sentence.
-    #[arg(long, default_value_t = 1)]
-    pub nbest: usize,
-    /// Length penalty: score = sum / len^lenpen.
-    #[arg(long, default_value_t = 1.0)]
-    pub lenpen: f64,
-    /// Subtracted from the <unk> log-probability.
-    #[arg(long, default_value_t = 0.0)]
-    pub unkpen: f64,
-    /// At most a·S + b target tokens, S the padded source width of the batch.
-    #[arg(long, default_value_t = 0.0)]
-    pub max_len_a: f64,
-    #[arg(long, default_value_t = 200)]
-    pub max_len_b: usize,
-    /// No EOS before this many tokens.
-    #[arg(long, default_value_t = 1)]
-    pub min_len: usize,
-    /// Do not divide scores by len^lenpen.
-    #[arg(long)]
-    pub unnormalized: bool,
-    /// Sentences per batch (fairseq --batch-size / --max-sentences).
-    #[arg(long, alias = "max-sentences")]
-    pub batch_size: Option<usize>,
-    /// Tokens per batch (default 12000 when --batch-size is absent, like fairseq).
-    #[arg(long)]
-    pub max_tokens: Option<usize>,
-    #[arg(long, default_value_t = 8)]
-    pub required_batch_size_multiple: usize,
-    /// Join subwords before printing and scoring: subword_nmt (default), sentencepiece, ...
-    #[arg(long, num_args = 0..=1, default_missing_value = "subword_nmt", value_name = "MODE")]
-    pub remove_bpe: Option<String>,
+    #[command(flatten)]
+    pub decoding: DecodeArgs,
 
     /// Write the hypotheses here instead of stdout.
     #[arg(short = 'o', long)]
     pub output: Option<PathBuf>,
-    /// Print fairseq-generate's S-/T-/H-/P- lines (and D- lines with --score-base 2).
-    #[arg(long)]
-    pub fairseq_format: bool,
-    /// Log base of printed scores: e (fairseq 0.8) or 2 (fairseq ≥ 0.9, adds D- lines).
-    #[arg(long, value_enum, default_value_t = ScoreBase::E)]
-    pub score_base: ScoreBase,
     /// Print the summary as one JSON object on stdout.
     #[arg(long)]
     pub json: bool,
@@ -120,7 +82,8 @@ pub struct EvalArgs {
     pub compare_fp16: bool,
     /// Backend for the --compare model (default: --backend).
     #[arg(long)]
-    pub compare_backend: Option<String>,
+    #[arg(value_enum)]
+    pub compare_backend: Option<super::model::BackendKind>,
     /// A fairseq-generate output: compare its H- lines with ours (exit 1 if any differ).
     #[arg(long)]
     pub expect_fairseq: Option<PathBuf>,
@@ -132,6 +95,73 @@ pub struct EvalArgs {
     pub runtime: RuntimeArgs,
     #[command(flatten)]
     pub model_args: ModelArgs,
+    #[command(flatten)]
+    pub shard: ShardArgs,
+}
+
+/// fairseq's decoding flags, shared by `eval` and `translate`.
+#[derive(Args, Debug, Clone)]
+pub struct DecodeArgs {
+    /// Beam width.
+    #[arg(long, default_value_t = 5, allow_negative_numbers = true, value_parser = super::in_range(1, super::MAX_BEAM))]
+    pub beam: usize,
+    /// Hypotheses printed per sentence.
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = super::in_range(1, super::MAX_BEAM))]
+    pub nbest: usize,
+    /// Length penalty: score = sum / len^lenpen.
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_parser = super::finite)]
+    pub lenpen: f64,
+    /// Subtracted from the <unk> log-probability.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = super::finite)]
+    pub unkpen: f64,
+    /// At most a·S + b target tokens, S the padded source width of the batch.
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = super::finite)]
+    pub max_len_a: f64,
+    #[arg(long, default_value_t = 200, allow_negative_numbers = true)]
+    pub max_len_b: i64,
+    /// No EOS before this many tokens.
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+    pub min_len: i64,
+    /// Do not divide scores by len^lenpen.
+    #[arg(long)]
+    pub unnormalized: bool,
+    /// Sentences per batch (fairseq --batch-size / --max-sentences).
+    #[arg(long, alias = "max-sentences", allow_negative_numbers = true, value_parser = super::in_range(1, super::MAX_BATCH))]
+    pub batch_size: Option<usize>,
+    /// Tokens per batch (default 12000 when --batch-size is absent, like fairseq).
+    #[arg(long, allow_negative_numbers = true, value_parser = super::in_range(1, super::MAX_TOKENS))]
+    pub max_tokens: Option<usize>,
+    #[arg(long, default_value_t = 8, allow_negative_numbers = true, value_parser = super::in_range(1, super::MAX_BATCH))]
+    pub required_batch_size_multiple: usize,
+    /// Join subwords before printing and scoring: subword_nmt (default), sentencepiece, ...
+    #[arg(long, num_args = 0..=1, default_missing_value = "subword_nmt", value_name = "MODE")]
+    pub remove_bpe: Option<String>,
+
+    /// Print fairseq-generate's S-/T-/H-/P- lines (and D- lines with --score-base 2).
+    #[arg(long)]
+    pub fairseq_format: bool,
+    /// Log base of printed scores: e (fairseq 0.8) or 2 (fairseq ≥ 0.9, adds D- lines).
+    #[arg(long, value_enum, default_value_t = ScoreBase::E)]
+    pub score_base: ScoreBase,
+}
+
+/// fairseq's `--num-shards N --shard-id I` (see [`crate::decode::Shard`]).
+#[derive(Args, Debug, Clone)]
+pub struct ShardArgs {
+    /// Split the run into this many shards (batch k goes to shard k mod N);
+    /// implies --fairseq-format so the outputs can be merged by sentence id
+    /// with `admin-convert merge-shards`.
+    #[arg(long, default_value_t = 1)]
+    pub num_shards: usize,
+    /// Which shard this run decodes (0 ≤ I < N).
+    #[arg(long, default_value_t = 0)]
+    pub shard_id: usize,
+}
+
+impl ShardArgs {
+    pub fn shard(&self) -> Result<Shard> {
+        Shard::new(self.num_shards, self.shard_id)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -150,14 +180,14 @@ pub enum ScoreBase {
 }
 
 impl ScoreBase {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             ScoreBase::E => "e",
             ScoreBase::Two => "2",
         }
     }
     /// fairseq's conversion of a float32 natural-log score.
-    fn convert(self, x: f32) -> f32 {
+    pub fn convert(self, x: f32) -> f32 {
         match self {
             ScoreBase::E => x,
             ScoreBase::Two => x / std::f32::consts::LN_2,
@@ -221,14 +251,7 @@ fn load_test_set(a: &EvalArgs, data: Option<&Path>, stored: Option<Dicts>) -> Re
         .src
         .as_ref()
         .expect("data_dir gives a directory unless --src");
-    let dicts = match (&a.dict_dir, stored) {
-        (Some(d), _) => locate::dicts_in(d, &q)?,
-        (None, Some(d)) => d,
-        (None, None) => bail!(
-            "no dictionaries: give --dict-dir (a directory with dict.SRC.txt and dict.TGT.txt) \
-             or export the model with its dictionaries"
-        ),
-    };
+    let dicts = text_dictionaries(a.dict_dir.as_deref(), &q, stored, &a.model)?;
     let src: Vec<Vec<i64>> = read_lines(src_path)?
         .iter()
         .map(|l| {
@@ -280,6 +303,29 @@ fn check_vocab(backend: &dyn Backend, set: &TestSet, what: &Path) -> Result<()> 
     locate::check_vocab(&set.dicts, info.src_vocab, info.tgt_vocab, what)
 }
 
+/// The dictionaries for text input: `--dict-dir` (the pair from `q`), else
+/// those stored with the model, else those of the data directory the model
+/// records ([`locate::find_data_dir`]).
+pub fn text_dictionaries(
+    dict_dir: Option<&Path>,
+    q: &Query,
+    stored: Option<Dicts>,
+    model: &Path,
+) -> Result<Dicts> {
+    match (dict_dir, stored) {
+        (Some(d), _) => locate::dicts_in(d, q),
+        (None, Some(d)) => Ok(d),
+        (None, None) => match locate::find_data_dir(None, model, q)? {
+            DataSource::Dir(d) => locate::dicts_in(&d, q),
+            DataSource::None(_) => bail!(
+                "{}: no dictionaries (none stored in the model, no recorded data directory found): \
+                 give --dict-dir (a directory with dict.SRC.txt and dict.TGT.txt)",
+                model.display()
+            ),
+        },
+    }
+}
+
 /// Refuse `-o` onto an input or a non-regular file.
 fn check_output(a: &EvalArgs, data: Option<&Path>) -> Result<()> {
     let Some(o) = &a.output else { return Ok(()) };
@@ -329,13 +375,42 @@ pub fn py_float(x: f64) -> String {
     }
 }
 
-/// One decoded test set: hypotheses and the texts fairseq prints.
+/// One decoded test set (or its shard): hypotheses and the texts fairseq prints.
 struct Decoded {
+    /// The sentence ids decoded, ascending (all of them unless sharded).
+    ids: Vec<usize>,
+    /// Per decoded sentence (aligned with `ids`): its hypotheses.
     hyps: Vec<Vec<Hypothesis>>,
-    /// Per sentence, per hypothesis: the printed (de-BPE'd) text.
+    /// Per decoded sentence, per hypothesis: the printed (de-BPE'd) text.
     texts: Vec<Vec<String>>,
     seconds: f64,
     tokens: usize,
+}
+
+/// A progress bar on stderr when it is a terminal (and not `--quiet`).
+pub fn progress_bar(quiet: bool, len: Option<u64>, label: &str) -> Option<indicatif::ProgressBar> {
+    (!quiet && std::io::stderr().is_terminal()).then(|| {
+        let bar =
+            indicatif::ProgressBar::with_draw_target(len, indicatif::ProgressDrawTarget::stderr());
+        let template = match len {
+            Some(_) => "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} sentences {msg}",
+            None => "{prefix} [{elapsed_precise}] {pos} sentences {msg}",
+        };
+        bar.set_style(indicatif::ProgressStyle::with_template(template).expect("a valid template"));
+        bar.set_prefix(label.to_string());
+        bar
+    })
+}
+
+/// Shows sentences/s and tokens/s on `bar`.
+pub fn show_speed(bar: &indicatif::ProgressBar, sents: usize, tokens: usize, start: Instant) {
+    let s = start.elapsed().as_secs_f64().max(1e-9);
+    bar.set_position(sents as u64);
+    bar.set_message(format!(
+        "{:.1} sentences/s, {:.1} tokens/s",
+        sents as f64 / s,
+        tokens as f64 / s
+    ));
 }
 
 fn decode(
@@ -345,64 +420,57 @@ fn decode(
     bpe: Option<BpeMode>,
     label: &str,
 ) -> Result<Decoded> {
-    let opts = beam_options(a);
-    let batching = Batching {
-        batch_size: a.batch_size,
-        max_tokens: a.max_tokens,
-        required_batch_size_multiple: a.required_batch_size_multiple,
-    };
+    let opts = a.decoding.beam_options();
     let tgt_lens: Option<Vec<usize>> = set.refs.as_ref().map(|r| r.iter().map(Vec::len).collect());
-    let bar = (!a.quiet && std::io::stderr().is_terminal()).then(|| {
-        let bar = indicatif::ProgressBar::with_draw_target(
-            Some(set.src.len() as u64),
-            indicatif::ProgressDrawTarget::stderr(),
-        );
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} sentences {msg}",
-            )
-            .expect("a valid template"),
-        );
-        bar.set_prefix(label.to_string());
-        bar
-    });
+    let src_lens: Vec<usize> = set.src.iter().map(Vec::len).collect();
+    let batches = plan_shard(
+        &src_lens,
+        tgt_lens.as_deref(),
+        &a.decoding.batching(),
+        a.shard.shard()?,
+    )?;
+    let total = batches.iter().map(Vec::len).sum::<usize>();
+    let bar = progress_bar(a.quiet, Some(total as u64), label);
     let start = Instant::now();
     let mut done_sents = 0usize;
     let mut done_tokens = 0usize;
-    let hyps = decode_all(
-        backend,
-        &set.src,
-        tgt_lens.as_deref(),
-        &opts,
-        &batching,
-        &mut |_, hyps| {
-            done_sents += hyps.len();
-            done_tokens += hyps.iter().map(|h| h[0].tokens.len()).sum::<usize>();
-            if let Some(bar) = &bar {
-                let s = start.elapsed().as_secs_f64().max(1e-9);
-                bar.set_position(done_sents as u64);
-                bar.set_message(format!(
-                    "{:.1} sentences/s, {:.1} tokens/s",
-                    done_sents as f64 / s,
-                    done_tokens as f64 / s
-                ));
-            }
-        },
-    )?;
+    let decoded = decode_batches(backend, &set.src, &batches, &opts, &mut |_, hyps| {
+        done_sents += hyps.len();
+        done_tokens += hyps.iter().map(|h| h[0].tokens.len()).sum::<usize>();
+        if let Some(bar) = &bar {
+            show_speed(bar, done_sents, done_tokens, start);
+        }
+    })
+    .with_context(|| {
+        // Name the files: decoding errors (a source longer than the model's
+        // positions, a token outside its vocabulary) do not know them.
+        let input = match (&a.src, &a.data) {
+            (Some(src), _) => src.display().to_string(),
+            (None, Some(data)) => format!(
+                "{} ({} split)",
+                data.display(),
+                set.split.as_deref().unwrap_or(&a.subset)
+            ),
+            (None, None) => "the test set".into(),
+        };
+        format!("{}: decoding {input}", a.model.display())
+    })?;
     let seconds = start.elapsed().as_secs_f64();
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    let (ids, hyps): (Vec<usize>, Vec<Vec<Hypothesis>>) = decoded.into_iter().unzip();
     let texts = hyps
         .iter()
         .map(|hs| {
             hs.iter()
-                .map(|h| set.dicts.tgt.string(&ids(&h.tokens), bpe))
+                .map(|h| set.dicts.tgt.string(&ids_u32(&h.tokens), bpe))
                 .collect()
         })
         .collect();
     let tokens = hyps.iter().map(|h| h[0].tokens.len()).sum();
     Ok(Decoded {
+        ids,
         hyps,
         texts,
         seconds,
@@ -410,21 +478,83 @@ fn decode(
     })
 }
 
-fn ids(tokens: &[i64]) -> Vec<u32> {
+fn ids_u32(tokens: &[i64]) -> Vec<u32> {
     tokens.iter().map(|&t| t as u32).collect()
 }
 
-fn beam_options(a: &EvalArgs) -> BeamOptions {
-    BeamOptions {
-        beam: a.beam,
-        nbest: a.nbest,
-        lenpen: a.lenpen,
-        unkpen: a.unkpen,
-        max_len_a: a.max_len_a,
-        max_len_b: a.max_len_b,
-        min_len: a.min_len,
-        normalize_scores: !a.unnormalized,
+impl DecodeArgs {
+    /// The beam search's options.
+    pub fn beam_options(&self) -> BeamOptions {
+        BeamOptions {
+            beam: self.beam,
+            nbest: self.nbest,
+            lenpen: self.lenpen,
+            unkpen: self.unkpen,
+            max_len_a: self.max_len_a,
+            max_len_b: self.max_len_b,
+            min_len: self.min_len,
+            normalize_scores: !self.unnormalized,
+        }
     }
+
+    /// fairseq's batching flags.
+    pub fn batching(&self) -> Batching {
+        Batching {
+            batch_size: self.batch_size,
+            max_tokens: self.max_tokens,
+            required_batch_size_multiple: self.required_batch_size_multiple,
+        }
+    }
+
+    /// `--remove-bpe`, parsed.
+    pub fn bpe(&self) -> Result<Option<BpeMode>> {
+        match &self.remove_bpe {
+            Some(m) => Ok(Some(m.parse().map_err(|e| anyhow!("--remove-bpe: {e}"))?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Appends sentence `id`'s output: its hypotheses, one a line, or
+    /// fairseq-generate's S-/T-/H-/D-/P- lines with `--fairseq-format`.
+    pub fn render_sentence(&self, out: &mut String, s: &Rendered) {
+        let id = s.id;
+        if !self.fairseq_format {
+            for t in s.texts {
+                out.push_str(t);
+                out.push('\n');
+            }
+            return;
+        }
+        out.push_str(&format!("S-{id}\t{}\n", s.source));
+        if let Some(t) = &s.target {
+            out.push_str(&format!("T-{id}\t{t}\n"));
+        }
+        for (h, text) in s.hyps.iter().zip(s.texts) {
+            let score = py_float(self.score_base.convert(h.score) as f64);
+            out.push_str(&format!("H-{id}\t{score}\t{text}\n"));
+            if self.score_base == ScoreBase::Two {
+                out.push_str(&format!("D-{id}\t{score}\t{text}\n"));
+            }
+            let p: Vec<String> = h
+                .positional_scores
+                .iter()
+                .map(|&x| format!("{:.4}", self.score_base.convert(x)))
+                .collect();
+            out.push_str(&format!("P-{id}\t{}\n", p.join(" ")));
+        }
+    }
+}
+
+/// One sentence's output, as [`DecodeArgs::render_sentence`] prints it.
+pub struct Rendered<'a> {
+    /// The global sentence id.
+    pub id: usize,
+    /// The source as fairseq prints it (S- line).
+    pub source: String,
+    /// The reference (T- line), when known.
+    pub target: Option<String>,
+    pub hyps: &'a [Hypothesis],
+    pub texts: &'a [String],
 }
 
 /// Both corpus metrics over the first hypotheses, as fairseq-generate adds them.
@@ -438,12 +568,13 @@ fn score(set: &TestSet, d: &Decoded, bpe: Option<BpeMode>) -> Option<Scores> {
     let refs = set.refs.as_ref()?;
     let mut bleu = BleuScorer::new();
     let mut sacre = SacreBleu::new();
-    for (i, r) in refs.iter().enumerate() {
+    for (k, &i) in d.ids.iter().enumerate() {
+        let r = &refs[i];
         let target_str = set.dicts.tgt.string_escape_unk(r, bpe);
-        let hyp_str = &d.texts[i][0];
+        let hyp_str = &d.texts[k][0];
         match bpe {
             Some(_) => bleu.add(&target_str, hyp_str),
-            None => bleu.add_ids(r, &ids(&d.hyps[i][0].tokens)),
+            None => bleu.add_ids(r, &ids_u32(&d.hyps[k][0].tokens)),
         }
         sacre.add(&target_str, hyp_str);
     }
@@ -484,37 +615,20 @@ impl Scores {
 /// The hypotheses as text: plain lines or fairseq-generate's lines.
 fn render(a: &EvalArgs, set: &TestSet, d: &Decoded, bpe: Option<BpeMode>) -> String {
     let mut out = String::new();
-    for (i, hs) in d.hyps.iter().enumerate() {
-        if !a.fairseq_format {
-            for t in &d.texts[i] {
-                out.push_str(t);
-                out.push('\n');
-            }
-            continue;
-        }
-        out.push_str(&format!(
-            "S-{i}\t{}\n",
-            set.dicts.src.string(&ids(&set.src[i]), bpe)
-        ));
-        if let Some(refs) = &set.refs {
-            out.push_str(&format!(
-                "T-{i}\t{}\n",
-                set.dicts.tgt.string_escape_unk(&refs[i], bpe)
-            ));
-        }
-        for (h, text) in hs.iter().zip(&d.texts[i]) {
-            let score = py_float(a.score_base.convert(h.score) as f64);
-            out.push_str(&format!("H-{i}\t{score}\t{text}\n"));
-            if a.score_base == ScoreBase::Two {
-                out.push_str(&format!("D-{i}\t{score}\t{text}\n"));
-            }
-            let p: Vec<String> = h
-                .positional_scores
-                .iter()
-                .map(|&s| format!("{:.4}", a.score_base.convert(s)))
-                .collect();
-            out.push_str(&format!("P-{i}\t{}\n", p.join(" ")));
-        }
+    for (k, &i) in d.ids.iter().enumerate() {
+        a.decoding.render_sentence(
+            &mut out,
+            &Rendered {
+                id: i,
+                source: set.dicts.src.string(&ids_u32(&set.src[i]), bpe),
+                target: set
+                    .refs
+                    .as_ref()
+                    .map(|r| set.dicts.tgt.string_escape_unk(&r[i], bpe)),
+                hyps: &d.hyps[k],
+                texts: &d.texts[k],
+            },
+        );
     }
     out
 }
@@ -559,7 +673,7 @@ struct Expectation {
     base2: bool,
 }
 
-fn expect_fairseq(path: &Path, d: &Decoded) -> Result<Expectation> {
+fn expect_fairseq(path: &Path, d: &Decoded, set_len: usize) -> Result<Expectation> {
     let (want, base2) = read_fairseq(path)?;
     let mut e = Expectation {
         identical: 0,
@@ -569,15 +683,14 @@ fn expect_fairseq(path: &Path, d: &Decoded) -> Result<Expectation> {
         base2,
     };
     if let Some(&last) = want.keys().next_back() {
-        if last >= d.hyps.len() {
+        if last >= set_len {
             e.differences.push(format!(
-                "{} has sentence ids up to {last}, we translated {}",
-                path.display(),
-                d.hyps.len()
+                "{} has sentence ids up to {last}, the test set has {set_len}",
+                path.display()
             ));
         }
     }
-    for (i, ours) in d.texts.iter().enumerate() {
+    for (k, (&i, ours)) in d.ids.iter().zip(&d.texts).enumerate() {
         let Some(theirs) = want.get(&i) else {
             e.differences
                 .push(format!("{i}: no H-{i} line in {}", path.display()));
@@ -587,12 +700,12 @@ fn expect_fairseq(path: &Path, d: &Decoded) -> Result<Expectation> {
         let same = ours.len() == theirs.len() && ours.iter().zip(theirs).all(|(o, (_, t))| o == t);
         if same {
             e.identical += 1;
-        } else if let Some(k) = (0..n).find(|&k| ours[k] != theirs[k].1) {
+        } else if let Some(j) = (0..n).find(|&j| ours[j] != theirs[j].1) {
             e.differences.push(format!(
                 "{i} (hypothesis {}): ours {:?}, fairseq {:?}",
-                k + 1,
-                ours[k],
-                theirs[k].1
+                j + 1,
+                ours[j],
+                theirs[j].1
             ));
         } else {
             e.differences.push(format!(
@@ -601,14 +714,14 @@ fn expect_fairseq(path: &Path, d: &Decoded) -> Result<Expectation> {
                 theirs.len()
             ));
         }
-        for (k, (_, text)) in theirs.iter().enumerate().take(n) {
-            if &ours[k] == text {
+        for (j, (_, text)) in theirs.iter().enumerate().take(n) {
+            if &ours[j] == text {
                 let theirs_e = if base2 {
-                    theirs[k].0 * std::f64::consts::LN_2
+                    theirs[j].0 * std::f64::consts::LN_2
                 } else {
-                    theirs[k].0
+                    theirs[j].0
                 };
-                let diff = (d.hyps[i][k].score as f64 - theirs_e).abs();
+                let diff = (d.hyps[k][j].score as f64 - theirs_e).abs();
                 e.max_score_diff = e.max_score_diff.max(diff);
             }
         }
@@ -625,12 +738,12 @@ struct Comparison {
 }
 
 /// Runs `admin-convert eval`.
-pub fn run(a: EvalArgs) -> Result<ExitCode> {
-    beam_options(&a).validate()?;
-    let bpe: Option<BpeMode> = match &a.remove_bpe {
-        Some(m) => Some(m.parse().map_err(|e| anyhow!("--remove-bpe: {e}"))?),
-        None => None,
-    };
+pub fn run(mut a: EvalArgs) -> Result<ExitCode> {
+    a.decoding.beam_options().validate()?;
+    let bpe = a.decoding.bpe()?;
+    if a.shard.shard()?.is_sharded() {
+        a.decoding.fairseq_format = true;
+    }
     let load_start = Instant::now();
     let data = data_dir(&a, &query(&a)?)?;
     check_output(&a, data.as_deref())?;
@@ -664,11 +777,11 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         Some(other) => {
             let mut runtime = a.runtime.clone();
             runtime.fp16 |= a.compare_fp16;
-            if let Some(b) = &a.compare_backend {
-                runtime.backend = b.clone();
-            } else if runtime.fp16 && runtime.backend == "native" {
+            if let Some(b) = a.compare_backend {
+                runtime.backend = b;
+            } else if runtime.fp16 && runtime.backend == super::model::BackendKind::Native {
                 // The native engine is float32: fp16 runs on the graphs.
-                runtime.backend = "auto".into();
+                runtime.backend = super::model::BackendKind::Auto;
             }
             let Opened {
                 backend: mut b2, ..
@@ -698,7 +811,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         None => None,
     };
     let expectation = match &a.expect_fairseq {
-        Some(p) => Some(expect_fairseq(p, &d)?),
+        Some(p) => Some(expect_fairseq(p, &d, set.src.len())?),
         None => None,
     };
 
@@ -709,8 +822,8 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             "model": a.model.display().to_string(),
             "backend": backend.name(),
             "precision": backend.precision().name(),
-            "beam": a.beam,
-            "nbest": a.nbest,
+            "beam": a.decoding.beam,
+            "nbest": a.decoding.nbest,
             "sentences": n,
             "hypotheses": d.hyps.iter().map(Vec::len).sum::<usize>(),
             "tokens": d.tokens,
@@ -718,7 +831,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             "seconds": d.seconds,
             "sentences_per_second": per_s(n, d.seconds),
             "tokens_per_second": per_s(d.tokens, d.seconds),
-            "score_base": a.score_base.name(),
+            "score_base": a.decoding.score_base.name(),
         });
         let obj = j.as_object_mut().expect("an object");
         obj.insert(
@@ -764,7 +877,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
         if let Some(s) = &scores {
             lines.push(format!(
                 "Generate {subset} with beam={}: {}",
-                a.beam,
+                a.decoding.beam,
                 s.line(a.scoring)
             ));
             if a.scoring == Scoring::Sacrebleu {

@@ -2,6 +2,7 @@
 //! `fairseq-generate --score-reference` (H- sentence score, P- per-token
 //! log-probs including EOS), in input order.
 
+use super::eval::ScoreBase;
 use super::model::{open, RuntimeArgs};
 use super::ModelArgs;
 use crate::data::locate::{self, DataSource, Dicts, Query};
@@ -22,11 +23,11 @@ pub struct ScoreArgs {
     data_dir: Option<PathBuf>,
     #[command(flatten)]
     input: DataArgs,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, allow_negative_numbers = true, value_parser = super::in_range(1, super::MAX_BATCH))]
     batch_size: usize,
     /// Log base of printed scores: e (natural, fairseq 0.8) or 2 (fairseq 0.12).
-    #[arg(long, default_value = "e")]
-    score_base: String,
+    #[arg(long, value_enum, default_value_t = ScoreBase::E)]
+    score_base: ScoreBase,
     /// Write here instead of stdout.
     #[arg(short, long)]
     output: Option<PathBuf>,
@@ -37,6 +38,8 @@ pub struct ScoreArgs {
     runtime: RuntimeArgs,
     #[command(flatten)]
     model_args: ModelArgs,
+    #[command(flatten)]
+    shard: super::eval::ShardArgs,
 }
 
 /// Where test sentences come from: BPE'd text + dictionaries, or a fairseq
@@ -178,11 +181,7 @@ fn data_dir(a: &ScoreArgs, q: &Query) -> Result<Option<PathBuf>> {
 }
 
 pub fn run(a: ScoreArgs) -> Result<ExitCode> {
-    let base2 = match a.score_base.as_str() {
-        "e" => false,
-        "2" => true,
-        b => bail!("unknown --score-base {b} (e, 2)"),
-    };
+    let base2 = a.score_base == ScoreBase::Two;
     let q = a.input.query()?;
     let data = data_dir(&a, &q)?;
     let out_path = match &a.output {
@@ -211,20 +210,32 @@ pub fn run(a: ScoreArgs) -> Result<ExitCode> {
     let info = opened.backend.info();
     locate::check_vocab(&dicts, info.src_vocab, info.tgt_vocab, &a.model)?;
     let pairs = a.input.pairs(data.as_deref(), &dicts)?;
-    let scored = crate::score::score(
+    let scored = crate::score::score_shard(
         opened.backend.as_mut(),
         &pairs.sources,
         &pairs.targets,
         a.batch_size,
-    )?;
+        a.shard.shard()?,
+    )
+    .with_context(|| {
+        // Name the files: scoring errors (a reference longer than the model's
+        // positions) do not know them.
+        let files: Vec<String> = [&a.input.src, &a.input.reference, &a.input.data]
+            .into_iter()
+            .flatten()
+            .map(|p| p.display().to_string())
+            .collect();
+        format!("{}: scoring {}", a.model.display(), files.join(", "))
+    })?;
     let k = if base2 { std::f64::consts::LN_2 } else { 1.0 };
     let mut buf: Vec<u8> = vec![];
     let out = &mut buf;
     if a.json {
         let sents: Vec<_> = scored
             .iter()
-            .map(|s| {
+            .map(|(i, s)| {
                 serde_json::json!({
+                    "id": i,
                     "score": s.score / k,
                     "positional": s.positional.iter().map(|&x| x as f64 / k).collect::<Vec<_>>(),
                 })
@@ -232,23 +243,23 @@ pub fn run(a: ScoreArgs) -> Result<ExitCode> {
             .collect();
         let total: f64 = scored
             .iter()
-            .map(|s| s.positional.iter().map(|&x| x as f64).sum::<f64>())
+            .map(|(_, s)| s.positional.iter().map(|&x| x as f64).sum::<f64>())
             .sum();
-        let ntok: usize = scored.iter().map(|s| s.positional.len()).sum();
+        let ntok: usize = scored.iter().map(|(_, s)| s.positional.len()).sum();
         writeln!(
             out,
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "sentences": scored.len(),
                 "tokens": ntok,
-                "score_base": a.score_base,
+                "score_base": a.score_base.name(),
                 "avg_token_logprob": total / ntok.max(1) as f64 / k,
                 "scores": sents,
             }))?
         )?;
     } else {
-        for (i, s) in scored.iter().enumerate() {
-            writeln!(out, "H-{i}\t{}\t{}", s.score / k, pairs.target_text[i])?;
+        for (i, s) in &scored {
+            writeln!(out, "H-{i}\t{}\t{}", s.score / k, pairs.target_text[*i])?;
             let p: Vec<String> = s
                 .positional
                 .iter()

@@ -5,8 +5,8 @@
 //! follow `shared/spec/fairseq.md` exactly as the exported graphs do.
 
 use super::gemm::Packed;
-use crate::export::fairseq::LN_EPS;
 use crate::export::GraphInfo;
+use crate::spec::LN_EPS;
 use crate::spec::{self, Activation, Model, Positions};
 use anyhow::{ensure, Result};
 use ndarray::{concatenate, Array2, Axis};
@@ -153,11 +153,28 @@ pub(crate) struct DecoderLayer {
     pub ffn: Sub<Ffn>,
 }
 
+/// Sinusoidal rows kept precomputed; later rows are computed when used, so
+/// a config's `max_*_positions` never sizes an allocation.
+const CACHED_POSITION_ROWS: usize = 1024 + spec::PAD + 1;
+
+/// Where position rows come from.
+enum PosTable {
+    /// A learned table (what the file holds).
+    Learned(Array2<f32>),
+    /// fairseq's sinusoidal table of `rows` rows: the first rows cached,
+    /// the rest computed from `freqs`.
+    Sinusoidal {
+        rows: usize,
+        cached: Array2<f32>,
+        freqs: Vec<f32>,
+    },
+}
+
 /// Token table, scale, position table, `layernorm_embedding`.
 pub(crate) struct Embed {
     tokens: Array2<f32>,
     scale: f32,
-    positions: Option<Array2<f32>>,
+    positions: Option<PosTable>,
     norm: Option<Norm>,
 }
 
@@ -170,9 +187,14 @@ impl Embed {
             positions: match &e.positions {
                 Positions::None => None,
                 Positions::Sinusoidal => {
-                    Some(spec::sinusoidal_table(max_positions + spec::PAD + 1, d))
+                    let rows = spec::position_rows(max_positions);
+                    Some(PosTable::Sinusoidal {
+                        rows,
+                        cached: spec::sinusoidal_table(rows.min(CACHED_POSITION_ROWS), d),
+                        freqs: spec::sinusoidal_freqs(d),
+                    })
                 }
-                Positions::Learned(t) => Some(t.clone()),
+                Positions::Learned(t) => Some(PosTable::Learned(t.clone())),
             },
             norm: e.layernorm.as_ref().map(Norm::of),
         }
@@ -187,9 +209,25 @@ impl Embed {
         } else {
             out.extend(row.iter());
         }
-        if let Some(p) = &self.positions {
-            for (o, p) in out[start..].iter_mut().zip(p.row(pos)) {
+        let add = |out: &mut [f32], row: &[f32]| {
+            for (o, p) in out.iter_mut().zip(row) {
                 *o += p;
+            }
+        };
+        match &self.positions {
+            None => {}
+            Some(PosTable::Learned(t)) | Some(PosTable::Sinusoidal { cached: t, .. })
+                if pos < t.nrows() =>
+            {
+                for (o, p) in out[start..].iter_mut().zip(t.row(pos)) {
+                    *o += p;
+                }
+            }
+            Some(PosTable::Learned(_)) => {}
+            Some(PosTable::Sinusoidal { freqs, .. }) => {
+                let mut row = vec![0f32; out.len() - start];
+                spec::sinusoidal_row_with(freqs, pos, &mut row);
+                add(&mut out[start..], &row);
             }
         }
     }
@@ -203,7 +241,10 @@ impl Embed {
 
     /// Number of position rows (positions are `PAD + 1 + k`).
     pub(crate) fn position_rows(&self) -> Option<usize> {
-        self.positions.as_ref().map(Array2::nrows)
+        self.positions.as_ref().map(|p| match p {
+            PosTable::Learned(t) => t.nrows(),
+            PosTable::Sinusoidal { rows, .. } => *rows,
+        })
     }
 }
 
@@ -249,7 +290,7 @@ impl NativeModel {
     /// Builds the engine's layout from a recognised model (unfolded or
     /// folded: residual scales are applied as they are).
     pub fn new(m: &Model) -> Result<NativeModel> {
-        crate::export::fairseq::validate(m)?;
+        crate::spec::validate(m)?;
         let w = &m.weights;
         let c = &m.config;
         let enc_d = w.encoder_embed.tokens.ncols();

@@ -135,7 +135,7 @@ pub fn check_file(out: &Path, inputs: &[&Path]) -> Result<()> {
     for i in inputs {
         if is_same(out, i) {
             bail!(
-                "{}: is the input {}; the output would overwrite it: choose another -o",
+                "{}: would overwrite an input ({}); choose another -o",
                 out.display(),
                 i.display()
             );
@@ -309,5 +309,27 @@ mod tests {
             assert!(check_file(&soft, &[&input]).is_err());
         }
         assert!(check_file(&d.path().join("new.pt"), &[&input]).is_ok());
+    }
+
+    #[test]
+    fn a_failed_directory_write_leaves_the_old_one_and_no_temporary() {
+        let d = tempfile::tempdir().unwrap();
+        let out = d.path().join("model.onnx");
+        std::fs::create_dir(&out).unwrap();
+        std::fs::write(out.join("old.onnx"), b"old").unwrap();
+        let r: Result<()> = publish_dir(&out, |tmp| {
+            std::fs::write(tmp.join("encoder.onnx"), b"half")?;
+            bail!("disk full")
+        });
+        assert!(r.is_err());
+        assert_eq!(std::fs::read(out.join("old.onnx")).unwrap(), b"old");
+        let names: Vec<_> = std::fs::read_dir(d.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "only model.onnx remains");
+        publish_dir(&out, |tmp| {
+            Ok(std::fs::write(tmp.join("new.onnx"), b"new")?)
+        })
+        .unwrap();
+        assert!(!out.join("old.onnx").exists());
+        assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 1);
     }
 }

@@ -105,7 +105,9 @@ enum Kind {
     Safetensors,
     Dict,
     /// `.idx` then `.bin`, split at `split`.
-    Dataset { split: usize },
+    Dataset {
+        split: usize,
+    },
 }
 
 struct Seed {
@@ -369,7 +371,7 @@ fn mutate_zip(b: &[u8], rng: &mut Rng) -> Vec<u8> {
     let mut deflate = vec![false; entries.len()];
     let pkl = entries.iter().position(|(n, _)| n.ends_with("data.pkl"));
     match (rng.below(6), pkl) {
-        (0 | 1 | 2, Some(i)) => pickle(&mut entries[i].1, rng),
+        (0..=2, Some(i)) => pickle(&mut entries[i].1, rng),
         (3, _) if !entries.is_empty() => {
             // Re-deflate some entries, sometimes one grown to a compressible bomb.
             for d in deflate.iter_mut() {
@@ -438,7 +440,11 @@ fn zip_headers(b: &mut [u8], rng: &mut Rng) {
     }
     let at = *rng.pick(&hits) + *rng.pick(fields);
     let v = rng.interesting().to_le_bytes();
-    let width = if matches!(at - hits[0], 8 | 10 | 26 | 28 | 30) { 2 } else { 4 };
+    let width = if matches!(at - hits[0], 8 | 10 | 26 | 28 | 30) {
+        2
+    } else {
+        4
+    };
     for (i, x) in v.iter().take(width).enumerate() {
         if let Some(slot) = b.get_mut(at + i) {
             *slot = *x;
@@ -461,7 +467,11 @@ fn mutate_safetensors(b: &[u8], rng: &mut Rng) -> Vec<u8> {
         bytes(&mut out, rng);
         return out;
     };
-    let names: Vec<String> = obj.keys().filter(|k| *k != "__metadata__").cloned().collect();
+    let names: Vec<String> = obj
+        .keys()
+        .filter(|k| *k != "__metadata__")
+        .cloned()
+        .collect();
     let junk = |rng: &mut Rng| -> serde_json::Value {
         match rng.below(7) {
             0 => serde_json::json!(rng.interesting()),
@@ -685,14 +695,18 @@ fn run_one(kind: Kind, data: &[u8], dir: &Path, bound: u64, tally: &mut Tally) -
             r.err().map(|_| "panic in IndexedDataset".to_string())
         }
         _ => {
-            let ext = if kind == Kind::Safetensors { "safetensors" } else { "pt" };
+            let ext = if kind == Kind::Safetensors {
+                "safetensors"
+            } else {
+                "pt"
+            };
             let p = dir.join(format!("mutant.{ext}"));
             std::fs::write(&p, data).expect("write mutant");
             if std::panic::catch_unwind(|| library_checkpoint(&p)).is_err() {
                 return Some("panic in the library read / recognise / inspect path".into());
             }
             let path = p.to_str().expect("utf-8");
-            let args: &[&str] = if tally.cli_runs % 2 == 0 {
+            let args: &[&str] = if tally.cli_runs.is_multiple_of(2) {
                 &["inspect", path]
             } else {
                 &["inspect", path, "--json"]
@@ -702,6 +716,12 @@ fn run_one(kind: Kind, data: &[u8], dir: &Path, bound: u64, tally: &mut Tally) -
             tally.max_child_rss = tally.max_child_rss.max(c.peak_rss);
             if let Some(d) = c.defect(bound) {
                 return Some(format!("admin-convert {}: {d}", args.join(" ")));
+            }
+            if c.code == Some(0)
+                && args.contains(&"--json")
+                && serde_json::from_slice::<serde_json::Value>(&c.stdout).is_err()
+            {
+                return Some("inspect --json printed something that is not JSON".into());
             }
             if std::fs::read(&p).ok().as_deref() != Some(data) {
                 return Some("inspect changed its input".into());
@@ -743,7 +763,16 @@ fn worker() {
             defect = Some(format!("worker peak RSS {} MiB", self_peak_rss() >> 20));
         }
         tally.mutants += 1;
-        *tally.per_kind.entry(format!("{:?}", s.kind).split(' ').next().unwrap_or("").to_string()).or_default() += 1;
+        *tally
+            .per_kind
+            .entry(
+                format!("{:?}", s.kind)
+                    .split(' ')
+                    .next()
+                    .unwrap_or("")
+                    .to_string(),
+            )
+            .or_default() += 1;
         if let Some(d) = defect {
             tally.crashes += 1;
             save_crash(&out, seed * 1_000_000 + tally.mutants, &d, &s.name, &data);
@@ -761,7 +790,11 @@ fn worker() {
         "seconds": start.elapsed().as_secs_f64(),
         "per_kind": tally.per_kind,
     });
-    std::fs::write(out.join(format!("summary-{seed}.json")), summary.to_string()).expect("summary");
+    std::fs::write(
+        out.join(format!("summary-{seed}.json")),
+        summary.to_string(),
+    )
+    .expect("summary");
 }
 
 fn env_num(key: &str, default: f64) -> f64 {
@@ -788,10 +821,16 @@ fn smoke() {
     while start.elapsed().as_secs_f64() < secs - 1.0 {
         let left = secs - start.elapsed().as_secs_f64();
         let mut cmd = Command::new(&exe);
-        cmd.args(["fuzz::worker", "--exact", "--ignored", "--test-threads", "1"])
-            .env("ADMIN_CONVERT_FUZZ_OUT", &out)
-            .env("ADMIN_CONVERT_FUZZ_SECONDS", left.to_string())
-            .env("ADMIN_CONVERT_FUZZ_SEED", seed.to_string());
+        cmd.args([
+            "fuzz::worker",
+            "--exact",
+            "--ignored",
+            "--test-threads",
+            "1",
+        ])
+        .env("ADMIN_CONVERT_FUZZ_OUT", &out)
+        .env("ADMIN_CONVERT_FUZZ_SECONDS", left.to_string())
+        .env("ADMIN_CONVERT_FUZZ_SEED", seed.to_string());
         // SAFETY: setrlimit only, between fork and exec.
         unsafe {
             cmd.pre_exec(|| {
@@ -828,7 +867,10 @@ fn smoke() {
                 let what = format!(
                     "worker died: {:?}; {}",
                     o.status,
-                    String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or("")
+                    String::from_utf8_lossy(&o.stderr)
+                        .lines()
+                        .last()
+                        .unwrap_or("")
                 );
                 save_crash(&out, seed * 1_000_000, &what, &name, &data);
             }
