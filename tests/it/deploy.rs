@@ -274,7 +274,11 @@ fn hf_export_generates_like_fairseq_for_every_family() {
                 .output()
                 .expect("python runs");
             let text = String::from_utf8_lossy(&o.stdout).to_string();
-            assert!(o.status.success(), "{text}{}", String::from_utf8_lossy(&o.stderr));
+            assert!(
+                o.status.success(),
+                "{text}{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
             let rep: serde_json::Value = serde_json::from_str(text.trim()).expect("json");
             eprintln!("{} {} hf: {rep}", f.ckpt, r.0);
             assert_eq!(rep["class"], "MarianMTModel");
