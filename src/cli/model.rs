@@ -35,6 +35,11 @@ pub struct RuntimeArgs {
     /// (default: every CPU). tract runs on one thread.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Precision of the native engine's linear maps: float32, int8 (per-row
+    /// scales), bfloat16 (CPUs with AVX512_BF16) or auto (the fastest that
+    /// passes its accuracy gate on this CPU).
+    #[arg(long, value_enum, default_value = "float32")]
+    pub compute_type: crate::native::ComputeType,
 }
 
 /// A model ready to run, and its dictionaries when known.
@@ -96,7 +101,7 @@ pub fn open(
             );
         }
         if rt.fp16 {
-            bail!("--backend native runs float32 only; use --backend ort or tract for --fp16");
+            bail!("--backend native has no fp16 graphs; use --backend ort or tract for --fp16 (or --compute-type)");
         }
         if path.is_dir() {
             bail!(
@@ -104,6 +109,11 @@ pub fn open(
                 path.display()
             );
         }
+    } else if rt.compute_type != crate::native::ComputeType::Float32 {
+        bail!(
+            "--compute-type {} is for the native engine (--backend native, a checkpoint)",
+            rt.compute_type.name()
+        );
     }
     let mut native_backend = None;
     let (source, mut dicts) = if path.is_dir() {
@@ -138,7 +148,11 @@ pub fn open(
         drop(ckpt);
         if native {
             native_backend = Some(
-                crate::native::NativeBackend::new(&rec.model, rt.threads)
+                crate::native::NativeBackend::with_compute_type(
+                    &rec.model,
+                    rt.threads,
+                    rt.compute_type,
+                )
                     .with_context(|| format!("{}: native engine", path.display()))?,
             );
             (None, dicts)

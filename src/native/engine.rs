@@ -175,7 +175,7 @@ fn ffn(
     wide: &mut Vec<f32>,
     out: &mut Vec<f32>,
 ) {
-    wide.resize(n * f.fc1.n, 0.0);
+    wide.resize(n * f.fc1.n(), 0.0);
     f.fc1.forward(h, n, wide);
     activate(wide, act);
     out.resize(n * d, 0.0);
@@ -457,7 +457,7 @@ impl StepCtx<'_> {
         if let Some(nm) = &m.dec_final {
             nm.apply(x);
         }
-        let vocab = m.output.n;
+        let vocab = m.output.n();
         m.output.forward(x, n, lprobs);
         log_softmax(lprobs, vocab);
     }

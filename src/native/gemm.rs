@@ -55,6 +55,11 @@ impl Packed {
         }
     }
 
+    /// Resident bytes of the packed weight.
+    pub fn bytes(&self) -> usize {
+        4 * (self.panels.len() + self.bias.as_ref().map_or(0, Vec::len))
+    }
+
     /// `out[m × n] = x[m × k] · Wᵀ + b` (`x` and `out` row-major, contiguous).
     pub fn forward(&self, x: &[f32], m: usize, out: &mut [f32]) {
         let (k, n) = (self.k, self.n);

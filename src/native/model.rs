@@ -5,6 +5,8 @@
 //! follow `shared/spec/fairseq.md` exactly as the exported graphs do.
 
 use super::gemm::Packed;
+use super::quant::{BPacked, QPacked};
+use super::ComputeType;
 use crate::export::fairseq::LN_EPS;
 use crate::export::GraphInfo;
 use crate::spec::{self, Activation, Model, Positions};
@@ -123,23 +125,83 @@ impl<F> Sub<F> {
     }
 }
 
+/// A linear map packed for one [`ComputeType`].
+pub(crate) enum Linear {
+    F32(Packed),
+    I8(QPacked),
+    Bf16(BPacked),
+}
+
+impl Linear {
+    /// Packs the rows of `ws` stacked along the output axis (fused
+    /// projections), with `bias` (missing biases are zero).
+    fn new(ws: &[ndarray::ArrayView2<f32>], bias: Option<Vec<f32>>, ct: ComputeType) -> Linear {
+        if ct == ComputeType::Float32 {
+            return Linear::F32(if ws.len() == 1 {
+                Packed::new(ws[0], bias.as_deref())
+            } else {
+                let w = concatenate(Axis(0), ws).expect("validated shapes");
+                Packed::new(w.view(), bias.as_deref())
+            });
+        }
+        // Quantized straight from the model's rows: no packed float copy.
+        let std: Vec<_> = ws.iter().map(|w| w.as_standard_layout()).collect();
+        let k = ws[0].ncols();
+        let rows: Vec<&[f32]> = std
+            .iter()
+            .flat_map(|w| w.as_slice().expect("standard layout").chunks_exact(k.max(1)))
+            .collect();
+        match ct {
+            ComputeType::Int8 => Linear::I8(QPacked::new(k, rows.into_iter(), bias)),
+            _ => Linear::Bf16(BPacked::new(k, rows.into_iter(), bias)),
+        }
+    }
+
+    /// `out[m × n] = x[m × k] · Wᵀ + b`.
+    pub(crate) fn forward(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        match self {
+            Linear::F32(p) => p.forward(x, m, out),
+            Linear::I8(p) => p.forward(x, m, out),
+            Linear::Bf16(p) => p.forward(x, m, out),
+        }
+    }
+
+    /// Output width.
+    pub(crate) fn n(&self) -> usize {
+        match self {
+            Linear::F32(p) => p.n,
+            Linear::I8(p) => p.n,
+            Linear::Bf16(p) => p.n,
+        }
+    }
+
+    /// Resident bytes of the packed weight.
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            Linear::F32(p) => p.bytes(),
+            Linear::I8(p) => p.bytes(),
+            Linear::Bf16(p) => p.bytes(),
+        }
+    }
+}
+
 /// Self-attention: fused `q|k|v` and the output projection.
 pub(crate) struct SelfAttn {
-    pub qkv: Packed,
-    pub out: Packed,
+    pub qkv: Linear,
+    pub out: Linear,
 }
 
 /// Cross-attention: `q` on the decoder stream, fused `k|v` on the encoder
 /// output, the output projection.
 pub(crate) struct CrossAttn {
-    pub q: Packed,
-    pub kv: Packed,
-    pub out: Packed,
+    pub q: Linear,
+    pub kv: Linear,
+    pub out: Linear,
 }
 
 pub(crate) struct Ffn {
-    pub fc1: Packed,
-    pub fc2: Packed,
+    pub fc1: Linear,
+    pub fc2: Linear,
 }
 
 pub(crate) struct EncoderLayer {
@@ -223,17 +285,13 @@ pub struct NativeModel {
     pub(crate) dec_embed: Embed,
     pub(crate) dec_layers: Vec<DecoderLayer>,
     pub(crate) dec_final: Option<Norm>,
-    pub(crate) output: Packed,
-}
-
-fn packed(l: &spec::Linear) -> Packed {
-    Packed::new(l.weight.view(), l.bias.as_ref().and_then(|b| b.as_slice()))
+    pub(crate) output: Linear,
+    pub(crate) compute_type: ComputeType,
 }
 
 /// Several linears fused along the output axis (missing biases are zero).
-fn fused(ls: &[&spec::Linear]) -> Packed {
+fn fused(ls: &[&spec::Linear], ct: ComputeType) -> Linear {
     let ws: Vec<_> = ls.iter().map(|l| l.weight.view()).collect();
-    let w = concatenate(Axis(0), &ws).expect("validated shapes");
     let bias: Option<Vec<f32>> = ls.iter().any(|l| l.bias.is_some()).then(|| {
         ls.iter()
             .flat_map(|l| match &l.bias {
@@ -242,13 +300,27 @@ fn fused(ls: &[&spec::Linear]) -> Packed {
             })
             .collect()
     });
-    Packed::new(w.view(), bias.as_deref())
+    Linear::new(&ws, bias, ct)
 }
 
 impl NativeModel {
     /// Builds the engine's layout from a recognised model (unfolded or
-    /// folded: residual scales are applied as they are).
+    /// folded: residual scales are applied as they are), in float32.
     pub fn new(m: &Model) -> Result<NativeModel> {
+        NativeModel::with_compute_type(m, ComputeType::Float32)
+    }
+
+    /// As [`NativeModel::new`], with the linear maps in `ct` (a concrete
+    /// type: resolve `auto` first with [`ComputeType::resolve`]).
+    pub fn with_compute_type(m: &Model, ct: ComputeType) -> Result<NativeModel> {
+        ensure!(
+            ct != ComputeType::Auto,
+            "internal error: compute type auto not resolved"
+        );
+        ensure!(
+            ct != ComputeType::Bfloat16 || super::quant::bf16_kernel().is_some(),
+            "--compute-type bfloat16 needs a CPU with AVX512_BF16 (this one has none)"
+        );
         crate::export::fairseq::validate(m)?;
         let w = &m.weights;
         let c = &m.config;
@@ -264,12 +336,13 @@ impl NativeModel {
             "decoder width {dec_d} is not a multiple of {} heads",
             c.decoder_attention_heads
         );
+        let packed = |l: &spec::Linear| fused(&[l], ct);
         let ffn = |f: &spec::FeedForward| Ffn {
             fc1: packed(&f.fc1),
             fc2: packed(&f.fc2),
         };
         let self_attn = |a: &spec::Attention| SelfAttn {
-            qkv: fused(&[&a.q, &a.k, &a.v]),
+            qkv: fused(&[&a.q, &a.k, &a.v], ct),
             out: packed(&a.out),
         };
         Ok(NativeModel {
@@ -301,7 +374,7 @@ impl NativeModel {
                         &l.cross_attn,
                         CrossAttn {
                             q: packed(&l.cross_attn.f.q),
-                            kv: fused(&[&l.cross_attn.f.k, &l.cross_attn.f.v]),
+                            kv: fused(&[&l.cross_attn.f.k, &l.cross_attn.f.v], ct),
                             out: packed(&l.cross_attn.f.out),
                         },
                     ),
@@ -309,12 +382,33 @@ impl NativeModel {
                 })
                 .collect(),
             dec_final: w.decoder_final_norm.as_ref().map(Norm::of),
-            output: Packed::new(w.output_projection.view(), None),
+            output: Linear::new(&[w.output_projection.view()], None, ct),
+            compute_type: ct,
         })
     }
 
     pub fn info(&self) -> &GraphInfo {
         &self.info
+    }
+
+    pub fn compute_type(&self) -> ComputeType {
+        self.compute_type
+    }
+
+    /// Resident bytes of the packed linear maps (embeddings excluded).
+    pub fn linear_bytes(&self) -> usize {
+        let attn = |a: &SelfAttn| a.qkv.bytes() + a.out.bytes();
+        let ffn = |f: &Ffn| f.fc1.bytes() + f.fc2.bytes();
+        let enc: usize = self.enc_layers.iter().map(|l| attn(&l.attn.f) + ffn(&l.ffn.f)).sum();
+        let dec: usize = self
+            .dec_layers
+            .iter()
+            .map(|l| {
+                let c = &l.cross.f;
+                attn(&l.attn.f) + ffn(&l.ffn.f) + c.q.bytes() + c.kv.bytes() + c.out.bytes()
+            })
+            .sum();
+        enc + dec + self.output.bytes()
     }
 
     pub(crate) fn dec_embed_rows(&self) -> usize {
