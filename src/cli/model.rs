@@ -101,7 +101,7 @@ pub fn open(
             );
         }
         if rt.fp16 {
-            bail!("--backend native has no fp16 graphs; use --backend ort or tract for --fp16 (or --compute-type)");
+            bail!("--backend native runs float32 (or --compute-type int8 / bfloat16), no fp16 graphs; use --backend ort or tract for --fp16");
         }
         if path.is_dir() {
             bail!(
@@ -148,12 +148,12 @@ pub fn open(
         drop(ckpt);
         if native {
             native_backend = Some(
-                crate::native::NativeBackend::with_compute_type(
-                    &rec.model,
+                crate::native::NativeBackend::from_model(
+                    rec.model,
                     rt.threads,
                     rt.compute_type,
                 )
-                    .with_context(|| format!("{}: native engine", path.display()))?,
+                .with_context(|| format!("{}: native engine", path.display()))?,
             );
             (None, dicts)
         } else {

@@ -106,7 +106,11 @@ pub fn int8_error(model: &crate::spec::Model) -> f64 {
         linears.extend(attn(&l.self_attn.f).into_iter().chain(ffn(&l.ffn.f)));
     }
     for l in &w.decoder_layers {
-        linears.extend(attn(&l.self_attn.f).into_iter().chain(attn(&l.cross_attn.f)));
+        linears.extend(
+            attn(&l.self_attn.f)
+                .into_iter()
+                .chain(attn(&l.cross_attn.f)),
+        );
         linears.extend(ffn(&l.ffn.f));
     }
     for l in linears {
@@ -143,12 +147,25 @@ impl NativeBackend {
         threads: Option<usize>,
         ct: ComputeType,
     ) -> Result<NativeBackend> {
+        NativeBackend::from_model(model.clone(), threads, ct)
+    }
+
+    /// As [`NativeBackend::with_compute_type`], consuming `model` (lower
+    /// load peak: [`NativeModel::from_model`]).
+    pub fn from_model(
+        model: crate::spec::Model,
+        threads: Option<usize>,
+        ct: ComputeType,
+    ) -> Result<NativeBackend> {
         let threads = threads
             .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
             .unwrap_or(1)
             .max(1);
         Ok(NativeBackend {
-            model: NativeModel::with_compute_type(model, ct.resolve(model))?,
+            model: {
+                let ct = ct.resolve(&model);
+                NativeModel::from_model(model, ct)?
+            },
             threads,
         })
     }

@@ -149,7 +149,11 @@ impl Linear {
         let k = ws[0].ncols();
         let rows: Vec<&[f32]> = std
             .iter()
-            .flat_map(|w| w.as_slice().expect("standard layout").chunks_exact(k.max(1)))
+            .flat_map(|w| {
+                w.as_slice()
+                    .expect("standard layout")
+                    .chunks_exact(k.max(1))
+            })
             .collect();
         match ct {
             ComputeType::Int8 => Linear::I8(QPacked::new(k, rows.into_iter(), bias)),
@@ -224,17 +228,17 @@ pub(crate) struct Embed {
 }
 
 impl Embed {
-    fn of(e: &spec::Embedding, max_positions: usize) -> Embed {
+    fn of(e: spec::Embedding, max_positions: usize) -> Embed {
         let d = e.tokens.ncols();
         Embed {
-            tokens: e.tokens.clone(),
+            tokens: e.tokens,
             scale: e.scale,
-            positions: match &e.positions {
+            positions: match e.positions {
                 Positions::None => None,
                 Positions::Sinusoidal => {
                     Some(spec::sinusoidal_table(max_positions + spec::PAD + 1, d))
                 }
-                Positions::Learned(t) => Some(t.clone()),
+                Positions::Learned(t) => Some(t),
             },
             norm: e.layernorm.as_ref().map(Norm::of),
         }
@@ -313,6 +317,13 @@ impl NativeModel {
     /// As [`NativeModel::new`], with the linear maps in `ct` (a concrete
     /// type: resolve `auto` first with [`ComputeType::resolve`]).
     pub fn with_compute_type(m: &Model, ct: ComputeType) -> Result<NativeModel> {
+        NativeModel::from_model(m.clone(), ct)
+    }
+
+    /// As [`NativeModel::with_compute_type`], consuming `m`: each layer's
+    /// float32 weights are freed as soon as that layer is packed, so the
+    /// load peak is the model plus one packed layer, not two models.
+    pub fn from_model(m: Model, ct: ComputeType) -> Result<NativeModel> {
         ensure!(
             ct != ComputeType::Auto,
             "internal error: compute type auto not resolved"
@@ -321,9 +332,9 @@ impl NativeModel {
             ct != ComputeType::Bfloat16 || super::quant::bf16_kernel().is_some(),
             "--compute-type bfloat16 needs a CPU with AVX512_BF16 (this one has none)"
         );
-        crate::export::fairseq::validate(m)?;
-        let w = &m.weights;
-        let c = &m.config;
+        crate::export::fairseq::validate(&m)?;
+        let info = GraphInfo::of(&m);
+        let (c, w) = (m.config, m.weights);
         let enc_d = w.encoder_embed.tokens.ncols();
         let dec_d = w.decoder_embed.tokens.ncols();
         ensure!(
@@ -346,7 +357,7 @@ impl NativeModel {
             out: packed(&a.out),
         };
         Ok(NativeModel {
-            info: GraphInfo::of(m),
+            info,
             activation: c.activation_fn,
             enc_d,
             enc_heads: c.encoder_attention_heads,
@@ -354,20 +365,20 @@ impl NativeModel {
             dec_d,
             dec_heads: c.decoder_attention_heads,
             dec_pre: c.decoder_normalize_before,
-            enc_embed: Embed::of(&w.encoder_embed, c.max_source_positions),
+            enc_embed: Embed::of(w.encoder_embed, c.max_source_positions),
             enc_layers: w
                 .encoder_layers
-                .iter()
+                .into_iter()
                 .map(|l| EncoderLayer {
                     attn: Sub::of(&l.self_attn, self_attn(&l.self_attn.f)),
                     ffn: Sub::of(&l.ffn, ffn(&l.ffn.f)),
                 })
                 .collect(),
             enc_final: w.encoder_final_norm.as_ref().map(Norm::of),
-            dec_embed: Embed::of(&w.decoder_embed, c.max_target_positions),
+            dec_embed: Embed::of(w.decoder_embed, c.max_target_positions),
             dec_layers: w
                 .decoder_layers
-                .iter()
+                .into_iter()
                 .map(|l| DecoderLayer {
                     attn: Sub::of(&l.self_attn, self_attn(&l.self_attn.f)),
                     cross: Sub::of(
@@ -399,7 +410,11 @@ impl NativeModel {
     pub fn linear_bytes(&self) -> usize {
         let attn = |a: &SelfAttn| a.qkv.bytes() + a.out.bytes();
         let ffn = |f: &Ffn| f.fc1.bytes() + f.fc2.bytes();
-        let enc: usize = self.enc_layers.iter().map(|l| attn(&l.attn.f) + ffn(&l.ffn.f)).sum();
+        let enc: usize = self
+            .enc_layers
+            .iter()
+            .map(|l| attn(&l.attn.f) + ffn(&l.ffn.f))
+            .sum();
         let dec: usize = self
             .dec_layers
             .iter()

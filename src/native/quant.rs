@@ -427,7 +427,15 @@ mod x86 {
         unsafe {
             for r in (0..mr).step_by(2) {
                 let rows = 2.min(mr - r);
-                avx2(rows, groups, a.as_ptr().add(r * lda), lda, b.as_ptr(), tile, r);
+                avx2(
+                    rows,
+                    groups,
+                    a.as_ptr().add(r * lda),
+                    lda,
+                    b.as_ptr(),
+                    tile,
+                    r,
+                );
             }
         }
     }
@@ -445,7 +453,8 @@ mod x86 {
         let mut acc = [[_mm256_setzero_si256(); 4]; 2];
         let ones = _mm256_set1_epi16(1);
         for g in 0..groups {
-            let w = [0, 1, 2, 3].map(|h| _mm256_loadu_si256(b.add(g * 4 * NQ + 32 * h) as *const _));
+            let w =
+                [0, 1, 2, 3].map(|h| _mm256_loadu_si256(b.add(g * 4 * NQ + 32 * h) as *const _));
             for (r, acc) in acc.iter_mut().enumerate().take(rows) {
                 let a4 = (a.add(r * lda + g * 4) as *const i32).read_unaligned();
                 let av = _mm256_set1_epi32(a4);
@@ -489,7 +498,8 @@ mod x86 {
     ) {
         let mut acc = [[_mm512_setzero_ps(); 2]; MQ];
         for g in 0..pairs {
-            let w0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(g * 2 * NQ) as *const _));
+            let w0: __m512bh =
+                std::mem::transmute(_mm512_loadu_si512(b.add(g * 2 * NQ) as *const _));
             let w1: __m512bh =
                 std::mem::transmute(_mm512_loadu_si512(b.add(g * 2 * NQ + 32) as *const _));
             for (r, acc) in acc.iter_mut().enumerate().take(mr) {
@@ -554,9 +564,12 @@ mod tests {
                 for j in 0..n {
                     let xr = &x[i * k..(i + 1) * k];
                     let wr = &w[j * k..(j + 1) * k];
-                    let exact: f64 =
-                        xr.iter().zip(wr).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>()
-                            + b[j] as f64;
+                    let exact: f64 = xr
+                        .iter()
+                        .zip(wr)
+                        .map(|(a, b)| *a as f64 * *b as f64)
+                        .sum::<f64>()
+                        + b[j] as f64;
                     let sx = xr.iter().fold(0f32, |m, v| m.max(v.abs())) as f64 / 127.0;
                     let sw = wr.iter().fold(0f32, |m, v| m.max(v.abs())) as f64 / 127.0;
                     let bound: f64 = xr
@@ -567,13 +580,20 @@ mod tests {
                         + k as f64 * sx * sw / 4.0
                         + 1e-4;
                     let got = want[i * n + j] as f64;
-                    assert!((got - exact).abs() <= bound, "{m}x{k}x{n} [{i},{j}]: {got} vs {exact} (bound {bound})");
+                    assert!(
+                        (got - exact).abs() <= bound,
+                        "{m}x{k}x{n} [{i},{j}]: {got} vs {exact} (bound {bound})"
+                    );
                 }
             }
             // A row's result does not depend on the rows around it.
             let mut one = vec![0.0; n];
             q.forward(&x[(m - 1) * k..], 1, &mut one);
-            assert_eq!(&one[..], &want[(m - 1) * n..], "{m}x{k}x{n}: last row alone");
+            assert_eq!(
+                &one[..],
+                &want[(m - 1) * n..],
+                "{m}x{k}x{n}: last row alone"
+            );
         }
     }
 
