@@ -86,7 +86,7 @@ models=("admin08 fixtures/admin-fairseq08/checkpoint_best.pt fixtures/data-bin-f
   "admintorch012 fixtures/admintorch-fairseq012/checkpoint_best.pt fixtures/data-bin"
   "postln012 fixtures/postln-fairseq012/checkpoint_best.pt fixtures/data-bin"
   "postln0122 fixtures/postln-fairseq0122/checkpoint_best.pt fixtures/data-bin")
-if [ $peer = 1 ]; then
+if [ $peer = 1 ] && [[ -z "${MODELS:-}" || " $MODELS " == *" base32k "* ]]; then
   # The 32k base: the bench's recipe (dictionary, N sentences, random weights).
   mkdir -p "$work/raw" "$work/dict"
   for side in src tgt; do

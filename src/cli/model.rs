@@ -148,12 +148,8 @@ pub fn open(
         drop(ckpt);
         if native {
             native_backend = Some(
-                crate::native::NativeBackend::from_model(
-                    rec.model,
-                    rt.threads,
-                    rt.compute_type,
-                )
-                .with_context(|| format!("{}: native engine", path.display()))?,
+                crate::native::NativeBackend::from_model(rec.model, rt.threads, rt.compute_type)
+                    .with_context(|| format!("{}: native engine", path.display()))?,
             );
             (None, dicts)
         } else {

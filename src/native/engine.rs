@@ -459,7 +459,8 @@ impl StepCtx<'_> {
         }
         let vocab = m.output.n();
         m.output.forward(x, n, lprobs);
-        log_softmax(lprobs, vocab);
+        let fast = m.compute_type != super::ComputeType::Float32;
+        log_softmax(lprobs, vocab, fast);
     }
 }
 

@@ -738,7 +738,10 @@ fn reduced_compute_types_on_every_fixture() {
         ("admintorch-fairseq012/checkpoint_best.pt", "data-bin"),
         ("postln-fairseq0122/checkpoint_best.pt", "data-bin"),
         ("postln-fairseq012/checkpoint_best.pt", "data-bin"),
-        ("admin-rezero-fairseq08/checkpoint_best.pt", "data-bin-fairseq08"),
+        (
+            "admin-rezero-fairseq08/checkpoint_best.pt",
+            "data-bin-fairseq08",
+        ),
     ];
     let bf16 = admin_convert::native::quant::bf16_kernel().is_some();
     for (ckpt, data) in models {
