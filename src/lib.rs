@@ -8,12 +8,12 @@
 //! | read | [`read`] | torch `.pt` (zip and legacy pickle, never executed) and `.safetensors` → named [`tensor::RawTensor`]s + config values |
 //! | recognise | [`recognise`] | names + shapes + config → one typed [`spec::Model`] (family, naming, hyper-parameters, weights) |
 //! | transform | [`transform`] | fold residual scales (`fold`), dtype conversion with accounting (`cast`), streaming `average` |
-//! | write | [`write`] | fairseq 0.12 state dicts, safetensors, atomic output files |
+//! | write | [`write`] | fairseq 0.12 state dicts, safetensors, atomic output files; where outputs go and what they may never touch ([`write::output`]) |
 //! | export | [`export`] | ONNX encoder / incremental decoder / teacher-forced graphs, fp32 and fp16 |
 //! | run | [`runtime`], [`native`] | one `Backend` trait: the graphs on tract (pure Rust) or onnxruntime (CPU, CUDA), or the native engine (pure Rust, straight from the weights, the fastest on the CPU) |
 //! | decode | [`decode`] | beam search with fairseq-generate's semantics, length-grouped batching |
 //! | score | [`score`], [`verify`] | teacher-forced log-probs; measuring two models against each other |
-//! | text | [`data`], [`metrics`] | dictionaries, binarized datasets, BPE removal; fairseq BLEU and sacreBLEU |
+//! | text | [`data`], [`metrics`] | dictionaries, binarized datasets, finding test sets and dictionaries for every command ([`data::locate`]), BPE removal; fairseq BLEU and sacreBLEU |
 //! | report | [`inspect`], [`cli`] | `admin-convert inspect` and the command line |
 //!
 //! The maths of folding lives in `shared/spec/fold.md`, fairseq's behaviour

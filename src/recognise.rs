@@ -50,6 +50,8 @@ impl Naming {
     pub fn label(&self) -> String {
         let base = if self.attention == "fused" {
             "fairseq-0.8 (fused in_proj)"
+        } else if self.attention == "bare" {
+            "Admin fork DeepNet (bare q/k/v_proj_weight, fused in_proj_bias)"
         } else if self.fast_path_shadows {
             "fairseq-0.12.2 (separate q/k/v, fast-path shadows)"
         } else {
@@ -257,6 +259,26 @@ impl<'a> Tensors<'a> {
                 out: self.linear(&format!("{prefix}.out_proj"), d, d)?,
             });
         }
+        let bare = format!("{prefix}.q_proj_weight");
+        if self.has(&bare) {
+            // The Admin fork's DeepNet: bare `[out, in]` parameters + one fused bias.
+            naming.attention = "bare".into();
+            let b = self.opt_vec(&format!("{prefix}.in_proj_bias"), 3 * d)?;
+            let mut part = |i: usize, w: &str| -> R<Linear> {
+                Ok(Linear {
+                    weight: self.mat(&format!("{prefix}.{w}_proj_weight"), d, d)?,
+                    bias: b
+                        .as_ref()
+                        .map(|b| b.slice(s![i * d..(i + 1) * d]).to_owned()),
+                })
+            };
+            return Ok(Attention {
+                q: part(0, "q")?,
+                k: part(1, "k")?,
+                v: part(2, "v")?,
+                out: self.linear(&format!("{prefix}.out_proj"), d, d)?,
+            });
+        }
         if naming.attention.is_empty() {
             naming.attention = "separate".into();
         }
@@ -313,6 +335,33 @@ struct Resolver<'a> {
     preset: Option<&'static Preset>,
     provenance: BTreeMap<&'static str, Provenance>,
     missing: Vec<String>,
+    /// Recorded values that are not valid for their key (`key = value is ...`).
+    invalid: Vec<String>,
+}
+
+/// A recorded value as the user would write it in a message (shortened).
+fn show(v: &HValue) -> String {
+    let s = match v {
+        HValue::None => "None".to_string(),
+        HValue::Bool(b) => if *b { "True" } else { "False" }.to_string(),
+        HValue::Int(i) => i.to_string(),
+        HValue::Float(f) => f.to_string(),
+        HValue::Str(s) => format!("{s:?}"),
+    };
+    if s.chars().count() > 40 {
+        format!("{}...", s.chars().take(40).collect::<String>())
+    } else {
+        s
+    }
+}
+
+/// A boolean flag: `True`/`False`, 0/1, or the strings "true"/"false".
+fn strict_bool(v: &HValue) -> Option<bool> {
+    match v {
+        HValue::Int(0 | 1) => v.as_bool(),
+        HValue::Int(_) | HValue::Float(_) => None,
+        _ => v.as_bool(),
+    }
 }
 
 impl Resolver<'_> {
@@ -332,9 +381,18 @@ impl Resolver<'_> {
             self.provenance.insert(key, Provenance::Flag);
             return v;
         }
-        if let Some(v) = self.get(key).and_then(HValue::as_usize) {
-            self.provenance.insert(key, Provenance::Checkpoint);
-            return v;
+        if let Some(raw) = self.get(key) {
+            match raw.as_usize().filter(|v| *v >= 1) {
+                Some(v) => {
+                    self.provenance.insert(key, Provenance::Checkpoint);
+                    return v;
+                }
+                None => {
+                    self.invalid
+                        .push(format!("{key} = {} is not a positive integer", show(raw)));
+                    return 1;
+                }
+            }
         }
         if let Some(v) = preset {
             self.provenance.insert(key, Provenance::Preset);
@@ -360,9 +418,18 @@ impl Resolver<'_> {
             self.provenance.insert(key, Provenance::Flag);
             return v;
         }
-        if let Some(v) = self.get(key).and_then(HValue::as_bool) {
-            self.provenance.insert(key, Provenance::Checkpoint);
-            return v;
+        if let Some(raw) = self.get(key) {
+            match strict_bool(raw) {
+                Some(v) => {
+                    self.provenance.insert(key, Provenance::Checkpoint);
+                    return v;
+                }
+                None => {
+                    self.invalid
+                        .push(format!("{key} = {} is not a boolean", show(raw)));
+                    return default;
+                }
+            }
         }
         if let Some(v) = inferred {
             self.provenance.insert(key, Provenance::Tensors);
@@ -442,7 +509,14 @@ pub fn recognise(ckpt: &Checkpoint, ov: &Overrides) -> R<Recognised> {
         ("encoder_ffn_embed_dim", enc_ffn),
         ("decoder_ffn_embed_dim", dec_ffn),
     ] {
-        if let Some(v) = h.get(key).and_then(HValue::as_usize) {
+        let raw = h.get(key).filter(|v| !matches!(v, HValue::None));
+        if let Some(raw) = raw.filter(|v| v.as_usize().is_none()) {
+            return err(format!(
+                "config {key} = {} is not a positive integer",
+                show(raw)
+            ));
+        }
+        if let Some(v) = raw.and_then(HValue::as_usize) {
             if v != got {
                 return err(format!(
                     "checkpoint config says {key}={v} but the tensors say {got}"
@@ -482,6 +556,7 @@ pub fn recognise(ckpt: &Checkpoint, ov: &Overrides) -> R<Recognised> {
         preset,
         provenance: BTreeMap::new(),
         missing: Vec::new(),
+        invalid: Vec::new(),
     };
     let p_heads = r.preset.map(|p| p.heads);
     let enc_heads = r.usize(
@@ -503,8 +578,20 @@ pub fn recognise(ckpt: &Checkpoint, ov: &Overrides) -> R<Recognised> {
         a
     } else if let Some(s) = h.get("activation_fn").and_then(|v| v.as_str()) {
         r.provenance.insert("activation_fn", Provenance::Checkpoint);
-        Activation::parse(s)
-            .ok_or_else(|| RecogniseError(format!("unsupported activation_fn '{s}'")))?
+        Activation::parse(s).ok_or_else(|| {
+            RecogniseError(format!(
+                "config activation_fn = {} is not a known activation (relu, gelu, gelu_fast, gelu_accurate, tanh, linear, swish)",
+                show(&HValue::Str(s.to_string()))
+            ))
+        })?
+    } else if let Some(v) = h
+        .get("activation_fn")
+        .filter(|v| !matches!(v, HValue::None))
+    {
+        return err(format!(
+            "config activation_fn = {} is not a known activation",
+            show(v)
+        ));
     } else if h.contains_key("arch") || r.preset.is_some() {
         // fairseq's default for every transformer arch, recorded or preset.
         r.provenance.insert("activation_fn", Provenance::Preset);
@@ -528,6 +615,9 @@ pub fn recognise(ckpt: &Checkpoint, ov: &Overrides) -> R<Recognised> {
         Some(1024),
         "",
     );
+    if let Some(first) = r.invalid.first() {
+        return err(format!("config {first}"));
+    }
     if !r.missing.is_empty() {
         return err(format!(
             "cannot tell {}: the file records no fairseq config; pass the flags or --arch NAME (one of: {})",
@@ -538,7 +628,17 @@ pub fn recognise(ckpt: &Checkpoint, ov: &Overrides) -> R<Recognised> {
     for (what, d, heads) in [("encoder", d_enc, enc_heads), ("decoder", d_dec, dec_heads)] {
         if heads == 0 || !d.is_multiple_of(heads) {
             return err(format!(
-                "{what} embed dim {d} is not divisible by {heads} attention heads"
+                "config {what}_attention_heads = {heads} does not divide {what}_embed_dim = {d}"
+            ));
+        }
+    }
+    for (key, v) in [
+        ("max_source_positions", max_src),
+        ("max_target_positions", max_tgt),
+    ] {
+        if v > MAX_POSITIONS {
+            return err(format!(
+                "config {key} = {v} is absurd (more than {MAX_POSITIONS} positions)"
             ));
         }
     }
@@ -580,6 +680,10 @@ pub fn recognise(ckpt: &Checkpoint, ov: &Overrides) -> R<Recognised> {
     } else {
         None
     };
+
+    if let Some(first) = r.invalid.first() {
+        return err(format!("config {first}"));
+    }
 
     // ---- family --------------------------------------------------------
     let admin_fork = has_any(".attention_ratio_change") || has_any(".self_ratio_change");
@@ -873,6 +977,9 @@ pub fn recognise(ckpt: &Checkpoint, ov: &Overrides) -> R<Recognised> {
         ));
     }
 
+    if let Some(first) = r.invalid.first() {
+        return err(format!("config {first}"));
+    }
     let config = Config {
         arch: arch_name.unwrap_or_else(|| "unknown".into()),
         encoder_layers: enc_layers,

@@ -4,6 +4,7 @@
 //! (natural log). Sentences are scored in length-sorted batches; results
 //! come back in input order.
 
+use crate::decode::Shard;
 use crate::runtime::Backend;
 use crate::spec::{EOS, PAD};
 use anyhow::{ensure, Result};
@@ -26,6 +27,20 @@ pub fn score(
     targets: &[Vec<i64>],
     batch_size: usize,
 ) -> Result<Vec<Scored>> {
+    let all = score_shard(backend, sources, targets, batch_size, Shard::default())?;
+    Ok(all.into_iter().map(|(_, s)| s).collect())
+}
+
+/// [`score`] of one shard: the same batches, of which `shard` scores every
+/// `num_shards`-th (fairseq's rule, [`Shard`]); `(sentence index, scores)`
+/// in input order.
+pub fn score_shard(
+    backend: &mut dyn Backend,
+    sources: &[Vec<i64>],
+    targets: &[Vec<i64>],
+    batch_size: usize,
+    shard: Shard,
+) -> Result<Vec<(usize, Scored)>> {
     ensure!(
         sources.len() == targets.len(),
         "{} sources but {} references",
@@ -36,7 +51,10 @@ pub fn score(
     // Like fairseq: batches of similar source length (stable for ties).
     order.sort_by_key(|&i| (sources[i].len(), targets[i].len()));
     let mut out: Vec<Option<Scored>> = vec![None; sources.len()];
-    for chunk in order.chunks(batch_size.max(1)) {
+    for (k, chunk) in order.chunks(batch_size.max(1)).enumerate() {
+        if !shard.owns(k) {
+            continue;
+        }
         let sw = chunk.iter().map(|&i| sources[i].len()).max().unwrap_or(1);
         let tw = chunk.iter().map(|&i| targets[i].len()).max().unwrap_or(1);
         let mut src = Array2::from_elem((chunk.len(), sw), PAD as i64);
@@ -71,5 +89,9 @@ pub fn score(
             });
         }
     }
-    Ok(out.into_iter().flatten().collect())
+    Ok(out
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, s)| Some((i, s?)))
+        .collect())
 }

@@ -267,6 +267,11 @@ pub struct Model {
     pub weights: Weights,
 }
 
+/// The most positions a config may claim (`max_source_positions`,
+/// `max_target_positions`): 131072, far above any trained fairseq model;
+/// beyond it a value is refused as absurd (tables are sized from it).
+pub const MAX_POSITIONS: usize = 1 << 17;
+
 /// The padding index of every fairseq dictionary.
 pub const PAD: usize = 1;
 /// End of sentence, also the first decoder input.
@@ -275,26 +280,45 @@ pub const UNK: usize = 3;
 pub const BOS: usize = 0;
 
 /// fairseq's sinusoidal position table with `num_rows` rows of width `dim`
-/// (row `PAD` zero), see `shared/spec/fairseq.md`.
+/// (row `PAD` zero), see `shared/spec/fairseq.md`. Callers size it from
+/// the lengths they need; [`sinusoidal_row`] gives any single row.
 pub fn sinusoidal_table(num_rows: usize, dim: usize) -> Array2<f32> {
-    let half = dim / 2;
     let mut t = Array2::<f32>::zeros((num_rows, dim));
+    let freqs = sinusoidal_freqs(dim);
+    for (p, mut row) in t.rows_mut().into_iter().enumerate() {
+        let row = row.as_slice_mut().expect("standard layout");
+        sinusoidal_row_with(&freqs, p, row);
+    }
+    t
+}
+
+/// Row `pos` of [`sinusoidal_table`] into `out` (length `dim`), bit for bit.
+pub fn sinusoidal_row(pos: usize, out: &mut [f32]) {
+    sinusoidal_row_with(&sinusoidal_freqs(out.len()), pos, out);
+}
+
+/// The `dim / 2` frequencies of fairseq's table.
+pub fn sinusoidal_freqs(dim: usize) -> Vec<f32> {
+    let half = dim / 2;
     if half == 0 {
-        return t;
+        return vec![];
     }
     // fairseq: emb = exp(arange(half, float32) * -(math.log(10000) / (half - 1))),
     // the step computed in double precision and applied in float32.
     let step = ((10000f64).ln() / (half as f64 - 1.0)) as f32;
-    let freqs: Vec<f32> = (0..half).map(|j| (j as f32 * -step).exp()).collect();
-    for p in 0..num_rows {
-        if p == PAD {
-            continue;
-        }
-        for (j, f) in freqs.iter().enumerate() {
-            let a = p as f32 * f;
-            t[[p, j]] = a.sin();
-            t[[p, half + j]] = a.cos();
-        }
+    (0..half).map(|j| (j as f32 * -step).exp()).collect()
+}
+
+/// Row `pos` from precomputed [`sinusoidal_freqs`]; row `PAD` is zero.
+pub fn sinusoidal_row_with(freqs: &[f32], pos: usize, out: &mut [f32]) {
+    out.fill(0.0);
+    let half = freqs.len();
+    if pos == PAD || half == 0 {
+        return;
     }
-    t
+    for (j, f) in freqs.iter().enumerate() {
+        let a = pos as f32 * f;
+        out[j] = a.sin();
+        out[half + j] = a.cos();
+    }
 }

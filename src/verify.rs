@@ -1,9 +1,11 @@
 //! Measuring that two models compute the same thing: teacher-forced
-//! log-probabilities of both on the same probe batch, through the exported
-//! graphs on tract, compared position by position (pads excluded). This is
-//! how `fold` proves itself (`shared/spec/fold.md` §4).
+//! log-probabilities of both on the same probe batch, on the native engine
+//! (no ONNX round trip), compared position by position (pads excluded).
+//! This is how `fold`, `average --fold` and `export --fold` prove
+//! themselves (`shared/spec/fold.md` §4).
 
 use crate::export::{self, ExportOptions, Precision};
+use crate::native::NativeBackend;
 use crate::runtime::tract::TractBackend;
 use crate::runtime::{Backend, GraphSource};
 use crate::spec::{Model, EOS, PAD};
@@ -86,34 +88,97 @@ pub fn backend(model: &Model) -> Result<TractBackend> {
 
 /// Teacher-forced log-probs `[n, T, vocab]` of `probe` on `backend`.
 pub fn lprobs(backend: &mut dyn Backend, probe: &Probe) -> Result<Array3<f32>> {
-    let enc = backend.encode(probe.src_tokens().view())?;
-    backend.teacher_forced(&enc, probe.prev_output_tokens().view())
+    backend.forced(probe.src_tokens().view(), probe.prev_output_tokens().view())
 }
 
-/// Max |Δ log-prob| between two models over the real target positions,
-/// in batches of 32 sentence pairs.
-pub fn max_lprob_diff(a: &Model, b: &Model, probe: &Probe) -> Result<f32> {
-    let (mut ba, mut bb) = (backend(a)?, backend(b)?);
-    let mut max = 0f32;
-    for (s, t) in probe.sources.chunks(32).zip(probe.targets.chunks(32)) {
+/// Sentence pairs per batch of the check.
+const CHUNK: usize = 32;
+
+/// The log-probs of every real target position of `probe` on `model`, run
+/// on the native engine, one `[len · vocab]` vector per sentence.
+fn real_lprobs(model: &Model, probe: &Probe, threads: Option<usize>) -> Result<Vec<Vec<f32>>> {
+    let mut engine = NativeBackend::new(model, threads)?;
+    let mut out = Vec::with_capacity(probe.targets.len());
+    for (s, t) in probe.sources.chunks(CHUNK).zip(probe.targets.chunks(CHUNK)) {
         let chunk = Probe {
             sources: s.to_vec(),
             targets: t.to_vec(),
         };
-        let la = lprobs(&mut ba, &chunk)?;
-        let lb = lprobs(&mut bb, &chunk)?;
+        let l = lprobs(&mut engine, &chunk)?;
         for (i, t) in chunk.targets.iter().enumerate() {
-            for j in 0..t.len() {
-                for (x, y) in la
-                    .slice(ndarray::s![i, j, ..])
+            out.push(
+                l.slice(ndarray::s![i, ..t.len(), ..])
                     .iter()
-                    .zip(lb.slice(ndarray::s![i, j, ..]).iter())
-                {
-                    let d = (x - y).abs();
-                    max = max.max(if d.is_nan() { f32::INFINITY } else { d });
-                }
+                    .copied()
+                    .collect(),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Max |Δ log-prob| between two models over the real target positions
+/// (NaN counts as infinite). Both run on the native engine, one after the
+/// other: the first model's engine is freed before the second is built, so
+/// only one engine and the first model's log-probs are held at a time.
+pub fn max_lprob_diff(a: &Model, b: &Model, probe: &Probe) -> Result<f32> {
+    let kept = real_lprobs(a, probe, None)?;
+    let mut engine = NativeBackend::new(b, None)?;
+    let mut max = 0f32;
+    let mut sentence = 0;
+    for (s, t) in probe.sources.chunks(CHUNK).zip(probe.targets.chunks(CHUNK)) {
+        let chunk = Probe {
+            sources: s.to_vec(),
+            targets: t.to_vec(),
+        };
+        let l = lprobs(&mut engine, &chunk)?;
+        for (i, t) in chunk.targets.iter().enumerate() {
+            let got = l.slice(ndarray::s![i, ..t.len(), ..]);
+            for (x, y) in kept[sentence].iter().zip(got.iter()) {
+                let d = (x - y).abs();
+                max = max.max(if d.is_nan() { f32::INFINITY } else { d });
             }
+            sentence += 1;
         }
     }
     Ok(max)
+}
+
+/// The result of [`check_fold`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FoldCheck {
+    pub max_abs_diff: f32,
+    pub tolerance: f32,
+    pub probe_sentences: usize,
+    pub passed: bool,
+}
+
+/// The check every folding command runs: original and folded model on the
+/// native engine over `probe`, within `tolerance` (`shared/spec/fold.md` §4).
+pub fn check_fold(
+    original: &Model,
+    folded: &Model,
+    probe: &Probe,
+    tolerance: f32,
+) -> Result<FoldCheck> {
+    let d = max_lprob_diff(original, folded, probe)?;
+    Ok(FoldCheck {
+        max_abs_diff: d,
+        tolerance,
+        probe_sentences: probe.sources.len(),
+        passed: d <= tolerance,
+    })
+}
+
+/// [`check_fold`] on `n` random probe sentence pairs (seed 1), as `fold`
+/// does without test data.
+pub fn check_fold_random(
+    original: &Model,
+    folded: &Model,
+    n: usize,
+    tolerance: f32,
+) -> Result<FoldCheck> {
+    let c = &original.config;
+    let probe = Probe::random(n.max(1), c.src_vocab, c.tgt_vocab, 24, 1);
+    check_fold(original, folded, &probe, tolerance)
 }

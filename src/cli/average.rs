@@ -13,6 +13,7 @@ use crate::tensor::{DType, RawTensor};
 use crate::transform::average::{average, last_checkpoints};
 use crate::transform::cast::{cast_tensor, CastStats};
 use crate::transform::fold::{fold_with_summary, FoldMode, FoldSummary};
+use crate::verify::FoldCheck;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -69,6 +70,8 @@ struct AverageReport {
     totals: CastStats,
     lossy_tensors: Vec<TensorLoss>,
     fold: Option<FoldSummary>,
+    /// The fold's self-check (original vs folded average on the native engine).
+    fold_check: Option<FoldCheck>,
     notes: Vec<String>,
     seconds: f64,
 }
@@ -112,6 +115,7 @@ fn progress_bar(quiet: bool) -> ProgressBar {
 struct Folded {
     tensors: Vec<(String, RawTensor)>,
     summary: FoldSummary,
+    check: FoldCheck,
     args: serde_json::Map<String, serde_json::Value>,
 }
 
@@ -143,18 +147,20 @@ fn fold_average(
     let rec = recognise::recognise(&ckpt, &model.overrides())
         .map_err(|e| anyhow!("the averaged model: {e}"))?;
     let (folded, summary) = fold_with_summary(&rec.model, FoldMode::Exact);
+    let check = super::fold_check(&rec.model, &folded)?;
     Ok(Folded {
         tensors: crate::write::fairseq::state_dict(&folded, DType::F32).tensors,
         summary,
+        check,
         args: crate::write::fairseq::fairseq_args(&folded),
     })
 }
 
 pub fn run(a: AverageArgs) -> Result<ExitCode> {
     let start = Instant::now();
-    let format = out_format(&a.output)?;
     let inputs = inputs(&a)?;
     refuse_overwrite(&a.output, &inputs)?;
+    let format = out_format(&a.output)?;
 
     let pb = progress_bar(a.quiet);
     let av = average(&inputs, &pb);
@@ -164,14 +170,14 @@ pub fn run(a: AverageArgs) -> Result<ExitCode> {
     let mut carried = av.carried;
     let mut args = args_json(&av.hparams);
 
-    let (tensors, fold) = if a.fold {
+    let (tensors, fold, fold_check) = if a.fold {
         let f = fold_average(av.tensors, &args, &a.output, &a.model)?;
         carried.set_model_args(&f.args);
         args = f.args;
         notes.push("folded after averaging (the average is exact in f32, then folded)".into());
-        (f.tensors, Some(f.summary))
+        (f.tensors, Some(f.summary), Some(f.check))
     } else {
-        (av.tensors, None)
+        (av.tensors, None, None)
     };
 
     let dtype = a.dtype.unwrap_or(DType::F32);
@@ -213,6 +219,7 @@ pub fn run(a: AverageArgs) -> Result<ExitCode> {
         totals,
         lossy_tensors: losses,
         fold,
+        fold_check,
         notes,
         seconds: start.elapsed().as_secs_f64(),
     };
@@ -250,6 +257,9 @@ fn render(r: &AverageReport) -> String {
         for n in &f.notes {
             s += &format!("  {n}\n");
         }
+    }
+    if let Some(c) = &r.fold_check {
+        s += &format!("{}\n", super::fold_check_line(c));
     }
     let t = &r.totals;
     if t.overflow + t.flushed_to_zero + t.nan + t.inf > 0 {

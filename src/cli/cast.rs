@@ -6,8 +6,9 @@
 use crate::read::{Checkpoint, Entry, Hparams, META_ARGS, META_PRODUCER};
 use crate::tensor::{DType, RawTensor};
 use crate::transform::cast::{cast_tensor, parse_dtype, CastStats};
+use crate::write::output::{self, FileFormat};
 use crate::write::torch::{self as torch_write, Carried};
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use clap::Args;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
@@ -47,38 +48,19 @@ pub(super) enum OutFormat {
 }
 
 pub(super) fn out_format(path: &Path) -> Result<OutFormat> {
-    match path.extension().and_then(|e| e.to_str()) {
-        Some("pt") => Ok(OutFormat::TorchZip),
-        Some("safetensors") => Ok(OutFormat::Safetensors),
-        _ => bail!(
-            "{}: output must end in .pt (torch) or .safetensors",
-            path.display()
-        ),
-    }
+    Ok(match output::format_of(path)? {
+        FileFormat::FairseqPt => OutFormat::TorchZip,
+        FileFormat::Safetensors => OutFormat::Safetensors,
+    })
 }
 
-/// Refuse an output path that names one of the inputs (the rename would replace it).
-pub(super) fn refuse_overwrite(output: &Path, inputs: &[PathBuf]) -> Result<()> {
-    let canon = |p: &Path| -> Option<PathBuf> {
-        if let Ok(c) = p.canonicalize() {
-            return Some(c);
-        }
-        let parent = match p.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d,
-            _ => Path::new("."),
-        };
-        Some(parent.canonicalize().ok()?.join(p.file_name()?))
-    };
-    let out = canon(output);
-    for i in inputs {
-        if out.is_some() && canon(i) == out {
-            bail!(
-                "{}: output would overwrite an input; choose another -o",
-                output.display()
-            );
-        }
-    }
-    Ok(())
+/// Refuse an output path that is one of the inputs (through any link) or
+/// not a regular file ([`output::check_file`]).
+pub(super) fn refuse_overwrite(out: &Path, inputs: &[PathBuf]) -> Result<()> {
+    output::check_file(
+        out,
+        &inputs.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+    )
 }
 
 /// fairseq model arguments as the JSON object stored in safetensors metadata.
@@ -249,8 +231,8 @@ struct CastReport {
 }
 
 pub fn run(a: CastArgs) -> Result<ExitCode> {
-    let format = out_format(&a.output)?;
     refuse_overwrite(&a.output, std::slice::from_ref(&a.checkpoint))?;
+    let format = out_format(&a.output)?;
     let ckpt = Checkpoint::open(&a.checkpoint)?;
     if ckpt.entries.is_empty() {
         return Err(anyhow!(

@@ -15,11 +15,12 @@
 
 use super::model::{open, Opened, RuntimeArgs};
 use super::ModelArgs;
-use crate::data::{BpeMode, Dictionary, IndexedDataset};
-use crate::decode::{decode_all, Batching, BeamOptions, Hypothesis};
-use crate::export::{GraphKind, Precision};
+use crate::data::locate::{self, DataSource, Dicts, Query};
+use crate::data::BpeMode;
+use crate::decode::{decode_batches, plan_shard, Batching, BeamOptions, Hypothesis, Shard};
 use crate::metrics::{BleuScorer, SacreBleu};
 use crate::runtime::Backend;
+use crate::write::output;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::{Args, ValueEnum};
 use serde_json::{json, Value as Json};
@@ -34,8 +35,12 @@ pub struct EvalArgs {
     /// A checkpoint (.pt / .safetensors; exported in memory) or a directory
     /// written by `admin-convert export`.
     pub model: PathBuf,
+    /// fairseq data directory (like `fairseq-generate DATA`; default: the
+    /// one the checkpoint records).
+    #[arg(conflicts_with_all = ["data", "src"])]
+    pub data_dir: Option<PathBuf>,
     /// Source sentences, one per line, already BPE'd (what fairseq-interactive reads).
-    #[arg(long, conflicts_with = "data", required_unless_present = "data")]
+    #[arg(long, conflicts_with = "data")]
     pub src: Option<PathBuf>,
     /// References for --src, one per line, BPE'd like the training data.
     #[arg(long = "ref", requires = "src")]
@@ -57,6 +62,50 @@ pub struct EvalArgs {
     #[arg(long)]
     pub dict_dir: Option<PathBuf>,
 
+    #[command(flatten)]
+    pub decoding: DecodeArgs,
+
+    /// Write the hypotheses here instead of stdout.
+    #[arg(short = 'o', long)]
+    pub output: Option<PathBuf>,
+    /// Print the summary as one JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No hypotheses on stdout and no progress bar.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// Also decode with this model; report both BLEU, identical hypotheses, max |Δ score|.
+    #[arg(long)]
+    pub compare: Option<PathBuf>,
+    /// Run the --compare model on its fp16 graphs (fp32 vs fp16 parity).
+    #[arg(long)]
+    pub compare_fp16: bool,
+    /// Backend for the --compare model (default: --backend).
+    #[arg(long)]
+    pub compare_backend: Option<String>,
+    /// Also decode the same model on the native engine in this compute type
+    /// (int8, bfloat16, auto); report both BLEU, identical hypotheses, max
+    /// |Δ score| and max |Δ log-prob| of our hypotheses under teacher forcing.
+    #[arg(long, value_enum)]
+    pub compare_compute_type: Option<crate::native::ComputeType>,
+    /// A fairseq-generate output: compare its H- lines with ours (exit 1 if any differ).
+    #[arg(long)]
+    pub expect_fairseq: Option<PathBuf>,
+    /// Corpus metric printed: fairseq's tokenized BLEU4 or sacreBLEU.
+    #[arg(long, value_enum, default_value_t = Scoring::Bleu)]
+    pub scoring: Scoring,
+
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
+    #[command(flatten)]
+    pub model_args: ModelArgs,
+    #[command(flatten)]
+    pub shard: ShardArgs,
+}
+
+/// fairseq's decoding flags, shared by `eval` and `translate`.
+#[derive(Args, Debug, Clone)]
+pub struct DecodeArgs {
     /// Beam width.
     #[arg(long, default_value_t = 5)]
     pub beam: usize,
@@ -92,46 +141,31 @@ pub struct EvalArgs {
     #[arg(long, num_args = 0..=1, default_missing_value = "subword_nmt", value_name = "MODE")]
     pub remove_bpe: Option<String>,
 
-    /// Write the hypotheses here instead of stdout.
-    #[arg(short = 'o', long)]
-    pub output: Option<PathBuf>,
     /// Print fairseq-generate's S-/T-/H-/P- lines (and D- lines with --score-base 2).
     #[arg(long)]
     pub fairseq_format: bool,
     /// Log base of printed scores: e (fairseq 0.8) or 2 (fairseq ≥ 0.9, adds D- lines).
     #[arg(long, value_enum, default_value_t = ScoreBase::E)]
     pub score_base: ScoreBase,
-    /// Print the summary as one JSON object on stdout.
-    #[arg(long)]
-    pub json: bool,
-    /// No hypotheses on stdout and no progress bar.
-    #[arg(long, short = 'q')]
-    pub quiet: bool,
-    /// Also decode with this model; report both BLEU, identical hypotheses, max |Δ score|.
-    #[arg(long)]
-    pub compare: Option<PathBuf>,
-    /// Run the --compare model on its fp16 graphs (fp32 vs fp16 parity).
-    #[arg(long)]
-    pub compare_fp16: bool,
-    /// Backend for the --compare model (default: --backend).
-    #[arg(long)]
-    pub compare_backend: Option<String>,
-    /// Also decode the same model on the native engine in this compute type
-    /// (int8, bfloat16, auto); report both BLEU, identical hypotheses, max
-    /// |Δ score| and max |Δ log-prob| of our hypotheses under teacher forcing.
-    #[arg(long, value_enum)]
-    pub compare_compute_type: Option<crate::native::ComputeType>,
-    /// A fairseq-generate output: compare its H- lines with ours (exit 1 if any differ).
-    #[arg(long)]
-    pub expect_fairseq: Option<PathBuf>,
-    /// Corpus metric printed: fairseq's tokenized BLEU4 or sacreBLEU.
-    #[arg(long, value_enum, default_value_t = Scoring::Bleu)]
-    pub scoring: Scoring,
+}
 
-    #[command(flatten)]
-    pub runtime: RuntimeArgs,
-    #[command(flatten)]
-    pub model_args: ModelArgs,
+/// fairseq's `--num-shards N --shard-id I` (see [`crate::decode::Shard`]).
+#[derive(Args, Debug, Clone)]
+pub struct ShardArgs {
+    /// Split the run into this many shards (batch k goes to shard k mod N);
+    /// implies --fairseq-format so the outputs can be merged by sentence id
+    /// with `admin-convert merge-shards`.
+    #[arg(long, default_value_t = 1)]
+    pub num_shards: usize,
+    /// Which shard this run decodes (0 ≤ I < N).
+    #[arg(long, default_value_t = 0)]
+    pub shard_id: usize,
+}
+
+impl ShardArgs {
+    pub fn shard(&self) -> Result<Shard> {
+        Shard::new(self.num_shards, self.shard_id)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -165,117 +199,21 @@ impl ScoreBase {
     }
 }
 
-/// Opens MODEL with the shared [`open`]; an export directory without
-/// dictionary files may still carry them in its graphs' metadata.
 fn open_model(path: &Path, a: &EvalArgs) -> Result<Opened> {
-    open_with(path, a, &a.runtime)
+    open(path, &a.model_args, &a.runtime)
 }
 
 fn open_with(path: &Path, a: &EvalArgs, runtime: &RuntimeArgs) -> Result<Opened> {
-    let mut opened = open(path, &a.model_args, runtime, None)?;
-    if opened.dicts.is_none() && path.is_dir() {
-        let precision = if runtime.fp16 {
-            Precision::Fp16
-        } else {
-            Precision::Fp32
-        };
-        opened.dicts = dictionaries_in_graph(&path.join(GraphKind::Encoder.file_name(precision)))?;
-    }
-    Ok(opened)
-}
-
-/// The `fairseq.dict.src` / `fairseq.dict.tgt` metadata of an exported graph.
-pub fn dictionaries_in_graph(path: &Path) -> Result<Option<(Dictionary, Dictionary)>> {
-    use prost::Message;
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    let model = tract_onnx::pb::ModelProto::decode(bytes.as_slice())
-        .with_context(|| format!("{}: not an ONNX model", path.display()))?;
-    let get = |key: &str| {
-        model
-            .metadata_props
-            .iter()
-            .find(|p| p.key == key)
-            .map(|p| p.value.clone())
-    };
-    match (get("fairseq.dict.src"), get("fairseq.dict.tgt")) {
-        (Some(s), Some(t)) => {
-            let parse = |text: &str, which: &str| {
-                Dictionary::from_dict_txt(text)
-                    .with_context(|| format!("{}: fairseq.dict.{which} metadata", path.display()))
-            };
-            Ok(Some((parse(&s, "src")?, parse(&t, "tgt")?)))
-        }
-        _ => Ok(None),
-    }
-}
-
-/// fairseq's language pair of a binarized split: files `SUBSET.A-B.A.idx`.
-fn infer_langs(dir: &Path, subset: &str) -> Result<(String, String)> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .collect();
-    names.sort();
-    for n in &names {
-        let parts: Vec<&str> = n.split('.').collect();
-        if parts.len() == 4 && parts[0] == subset && parts[3] == "idx" {
-            if let Some((a, b)) = parts[1].split_once('-') {
-                if parts[2] == a && names.contains(&format!("{subset}.{a}-{b}.{b}.idx")) {
-                    return Ok((a.to_string(), b.to_string()));
-                }
-            }
-        }
-    }
-    bail!(
-        "{}: no binarized '{subset}' split (SUBSET.SRC-TGT.SRC.idx); give --subset, or --source-lang/--target-lang",
-        dir.display()
-    )
-}
-
-/// `dict.SRC.txt` and `dict.TGT.txt` of `dir`.
-fn read_dicts(dir: &Path, langs: Option<(&str, &str)>) -> Result<(Dictionary, Dictionary)> {
-    let read = |lang: &str| -> Result<Dictionary> {
-        let p = dir.join(format!("dict.{lang}.txt"));
-        Dictionary::read(&p).with_context(|| format!("{}", p.display()))
-    };
-    if let Some((s, t)) = langs {
-        return Ok((read(s)?, read(t)?));
-    }
-    if dir.join("dict.src.txt").is_file() && dir.join("dict.tgt.txt").is_file() {
-        return Ok((read("src")?, read("tgt")?));
-    }
-    let mut found: Vec<String> = std::fs::read_dir(dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.starts_with("dict.") && n.ends_with(".txt"))
-        .collect();
-    found.sort();
-    match found.as_slice() {
-        [] => bail!("{}: no dict.*.txt dictionaries", dir.display()),
-        [one] => {
-            let d = read(&one["dict.".len()..one.len() - ".txt".len()])?;
-            Ok((d.clone(), d))
-        }
-        _ => bail!(
-            "{}: several dictionaries ({}): give --source-lang and --target-lang",
-            dir.display(),
-            found.join(", ")
-        ),
-    }
+    open(path, &a.model_args, runtime)
 }
 
 /// What is translated: source ids (with EOS) and, when known, reference ids.
 struct TestSet {
     src: Vec<Vec<i64>>,
     refs: Option<Vec<Vec<u32>>>,
-    src_dict: Dictionary,
-    tgt_dict: Dictionary,
-}
-
-fn idx_exists(prefix: &Path) -> bool {
-    let mut p = prefix.as_os_str().to_owned();
-    p.push(".idx");
-    Path::new(&p).is_file()
+    dicts: Dicts,
+    /// The split's name when read from a data directory.
+    split: Option<String>,
 }
 
 fn read_lines(path: &Path) -> Result<Vec<String>> {
@@ -284,80 +222,56 @@ fn read_lines(path: &Path) -> Result<Vec<String>> {
     Ok(text.lines().map(str::to_string).collect())
 }
 
-fn load_test_set(a: &EvalArgs, stored: Option<(Dictionary, Dictionary)>) -> Result<TestSet> {
-    let langs = match (&a.source_lang, &a.target_lang) {
-        (Some(s), Some(t)) => Some((s.clone(), t.clone())),
-        (None, None) => None,
-        _ => bail!("give both --source-lang and --target-lang, or neither"),
-    };
-    if let Some(dir) = &a.data {
-        let (s, t) = match langs {
-            Some(l) => l,
-            None => infer_langs(dir, &a.subset)?,
-        };
-        let (src_dict, tgt_dict) = match &a.dict_dir {
-            Some(d) => read_dicts(d, Some((&s, &t)))?,
-            None => read_dicts(dir, Some((&s, &t)))?,
-        };
-        let prefix = |lang: &str| -> PathBuf {
-            let fwd = dir.join(format!("{}.{s}-{t}.{lang}", a.subset));
-            if idx_exists(&fwd) {
-                fwd
-            } else {
-                dir.join(format!("{}.{t}-{s}.{lang}", a.subset))
-            }
-        };
-        let open = |lang: &str| -> Result<IndexedDataset> {
-            let p = prefix(lang);
-            IndexedDataset::open(&p).with_context(|| format!("{}.{{idx,bin}}", p.display()))
-        };
-        let read_all = |ds: &IndexedDataset| -> Result<Vec<Vec<u32>>> {
-            ds.iter().map(|r| r.map_err(anyhow::Error::from)).collect()
-        };
-        let src_ds = open(&s)?;
-        let src = read_all(&src_ds)?
-            .into_iter()
-            .map(|v| v.into_iter().map(i64::from).collect())
-            .collect::<Vec<Vec<i64>>>();
-        let tgt_prefix = prefix(&t);
-        let refs = if idx_exists(&tgt_prefix) {
-            let r = read_all(&open(&t)?)?;
-            ensure!(
-                r.len() == src.len(),
-                "{}: {} sources but {} targets",
-                dir.display(),
-                src.len(),
-                r.len()
-            );
-            Some(r)
-        } else {
-            None
-        };
+/// The data directory to translate when no --src was given: the positional
+/// one, --data, the checkpoint's recorded one (see [`locate`]).
+fn data_dir(a: &EvalArgs, q: &Query) -> Result<Option<PathBuf>> {
+    if a.src.is_some() {
+        return Ok(None);
+    }
+    let given = a.data_dir.as_deref().or(a.data.as_deref());
+    match locate::find_data_dir(given, &a.model, q)? {
+        DataSource::Dir(d) => Ok(Some(d)),
+        DataSource::None(msg) => bail!("{msg}"),
+    }
+}
+
+fn load_test_set(a: &EvalArgs, data: Option<&Path>, stored: Option<Dicts>) -> Result<TestSet> {
+    let q = query(a)?;
+    if let Some(dir) = data {
+        let dicts = locate::dicts_in(a.dict_dir.as_deref().unwrap_or(dir), &q)?;
+        let split = locate::read_split(dir, &q)?;
         return Ok(TestSet {
-            src,
-            refs,
-            src_dict,
-            tgt_dict,
+            src: split
+                .src
+                .into_iter()
+                .map(|v| v.into_iter().map(i64::from).collect())
+                .collect(),
+            refs: split.tgt,
+            dicts,
+            split: Some(a.subset.clone()),
         });
     }
-    let src_path = a.src.as_ref().expect("clap requires --src or --data");
-    let (src_dict, tgt_dict) = match (&a.dict_dir, stored) {
-        (Some(d), _) => read_dicts(d, langs.as_ref().map(|(s, t)| (s.as_str(), t.as_str())))?,
-        (None, Some(d)) => d,
-        (None, None) => bail!(
-            "no dictionaries: give --dict-dir (a directory with dict.SRC.txt and dict.TGT.txt) \
-             or export the model with its dictionaries"
-        ),
-    };
+    let src_path = a
+        .src
+        .as_ref()
+        .expect("data_dir gives a directory unless --src");
+    let dicts = text_dictionaries(a.dict_dir.as_deref(), &q, stored)?;
     let src: Vec<Vec<i64>> = read_lines(src_path)?
         .iter()
-        .map(|l| src_dict.encode_line(l).into_iter().map(i64::from).collect())
+        .map(|l| {
+            dicts
+                .src
+                .encode_line(l)
+                .into_iter()
+                .map(i64::from)
+                .collect()
+        })
         .collect();
     let refs = match &a.reference {
         Some(p) => {
             let r: Vec<Vec<u32>> = read_lines(p)?
                 .iter()
-                .map(|l| tgt_dict.encode_line(l))
+                .map(|l| dicts.tgt.encode_line(l))
                 .collect();
             ensure!(
                 r.len() == src.len(),
@@ -374,26 +288,63 @@ fn load_test_set(a: &EvalArgs, stored: Option<(Dictionary, Dictionary)>) -> Resu
     Ok(TestSet {
         src,
         refs,
-        src_dict,
-        tgt_dict,
+        dicts,
+        split: None,
     })
+}
+
+fn query(a: &EvalArgs) -> Result<Query> {
+    Query::new(
+        a.source_lang.as_deref(),
+        a.target_lang.as_deref(),
+        &a.subset,
+    )
 }
 
 /// Checks the dictionaries fit the model's embedding tables.
 fn check_vocab(backend: &dyn Backend, set: &TestSet, what: &Path) -> Result<()> {
     let info = backend.info();
-    for (dict, rows, side) in [
-        (&set.src_dict, info.src_vocab, "source"),
-        (&set.tgt_dict, info.tgt_vocab, "target"),
-    ] {
-        ensure!(
-            dict.len() == rows,
-            "{}: the {side} dictionary has {} entries but the model's {side} embedding has {rows} rows: wrong dictionary?",
-            what.display(),
-            dict.len()
-        );
+    locate::check_vocab(&set.dicts, info.src_vocab, info.tgt_vocab, what)
+}
+
+/// The dictionaries for text input: `--dict-dir` (the pair from `q`), else
+/// those stored with the model.
+pub fn text_dictionaries(
+    dict_dir: Option<&Path>,
+    q: &Query,
+    stored: Option<Dicts>,
+) -> Result<Dicts> {
+    match (dict_dir, stored) {
+        (Some(d), _) => locate::dicts_in(d, q),
+        (None, Some(d)) => Ok(d),
+        (None, None) => bail!(
+            "no dictionaries: give --dict-dir (a directory with dict.SRC.txt and dict.TGT.txt) \
+             or export the model with its dictionaries"
+        ),
     }
-    Ok(())
+}
+
+/// Refuse `-o` onto an input or a non-regular file.
+fn check_output(a: &EvalArgs, data: Option<&Path>) -> Result<()> {
+    let Some(o) = &a.output else { return Ok(()) };
+    let mut inputs: Vec<PathBuf> = [&a.src, &a.reference, &a.compare, &a.expect_fairseq]
+        .into_iter()
+        .flatten()
+        .cloned()
+        .collect();
+    inputs.push(a.model.clone());
+    for d in [
+        Some(a.model.as_path()),
+        data,
+        a.dict_dir.as_deref(),
+        a.compare.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        inputs.extend(output::files_in(d));
+    }
+    output::check_file(o, &inputs.iter().map(PathBuf::as_path).collect::<Vec<_>>())
 }
 
 /// Python's `repr(float)`: shortest round-trip digits, `1e-05` style
@@ -422,13 +373,42 @@ pub fn py_float(x: f64) -> String {
     }
 }
 
-/// One decoded test set: hypotheses and the texts fairseq prints.
+/// One decoded test set (or its shard): hypotheses and the texts fairseq prints.
 struct Decoded {
+    /// The sentence ids decoded, ascending (all of them unless sharded).
+    ids: Vec<usize>,
+    /// Per decoded sentence (aligned with `ids`): its hypotheses.
     hyps: Vec<Vec<Hypothesis>>,
-    /// Per sentence, per hypothesis: the printed (de-BPE'd) text.
+    /// Per decoded sentence, per hypothesis: the printed (de-BPE'd) text.
     texts: Vec<Vec<String>>,
     seconds: f64,
     tokens: usize,
+}
+
+/// A progress bar on stderr when it is a terminal (and not `--quiet`).
+pub fn progress_bar(quiet: bool, len: Option<u64>, label: &str) -> Option<indicatif::ProgressBar> {
+    (!quiet && std::io::stderr().is_terminal()).then(|| {
+        let bar =
+            indicatif::ProgressBar::with_draw_target(len, indicatif::ProgressDrawTarget::stderr());
+        let template = match len {
+            Some(_) => "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} sentences {msg}",
+            None => "{prefix} [{elapsed_precise}] {pos} sentences {msg}",
+        };
+        bar.set_style(indicatif::ProgressStyle::with_template(template).expect("a valid template"));
+        bar.set_prefix(label.to_string());
+        bar
+    })
+}
+
+/// Shows sentences/s and tokens/s on `bar`.
+pub fn show_speed(bar: &indicatif::ProgressBar, sents: usize, tokens: usize, start: Instant) {
+    let s = start.elapsed().as_secs_f64().max(1e-9);
+    bar.set_position(sents as u64);
+    bar.set_message(format!(
+        "{:.1} sentences/s, {:.1} tokens/s",
+        sents as f64 / s,
+        tokens as f64 / s
+    ));
 }
 
 fn decode(
@@ -438,64 +418,43 @@ fn decode(
     bpe: Option<BpeMode>,
     label: &str,
 ) -> Result<Decoded> {
-    let opts = beam_options(a);
-    let batching = Batching {
-        batch_size: a.batch_size,
-        max_tokens: a.max_tokens,
-        required_batch_size_multiple: a.required_batch_size_multiple,
-    };
+    let opts = a.decoding.beam_options();
     let tgt_lens: Option<Vec<usize>> = set.refs.as_ref().map(|r| r.iter().map(Vec::len).collect());
-    let bar = (!a.quiet && std::io::stderr().is_terminal()).then(|| {
-        let bar = indicatif::ProgressBar::with_draw_target(
-            Some(set.src.len() as u64),
-            indicatif::ProgressDrawTarget::stderr(),
-        );
-        bar.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} sentences {msg}",
-            )
-            .expect("a valid template"),
-        );
-        bar.set_prefix(label.to_string());
-        bar
-    });
+    let src_lens: Vec<usize> = set.src.iter().map(Vec::len).collect();
+    let batches = plan_shard(
+        &src_lens,
+        tgt_lens.as_deref(),
+        &a.decoding.batching(),
+        a.shard.shard()?,
+    )?;
+    let total = batches.iter().map(Vec::len).sum::<usize>();
+    let bar = progress_bar(a.quiet, Some(total as u64), label);
     let start = Instant::now();
     let mut done_sents = 0usize;
     let mut done_tokens = 0usize;
-    let hyps = decode_all(
-        backend,
-        &set.src,
-        tgt_lens.as_deref(),
-        &opts,
-        &batching,
-        &mut |_, hyps| {
-            done_sents += hyps.len();
-            done_tokens += hyps.iter().map(|h| h[0].tokens.len()).sum::<usize>();
-            if let Some(bar) = &bar {
-                let s = start.elapsed().as_secs_f64().max(1e-9);
-                bar.set_position(done_sents as u64);
-                bar.set_message(format!(
-                    "{:.1} sentences/s, {:.1} tokens/s",
-                    done_sents as f64 / s,
-                    done_tokens as f64 / s
-                ));
-            }
-        },
-    )?;
+    let decoded = decode_batches(backend, &set.src, &batches, &opts, &mut |_, hyps| {
+        done_sents += hyps.len();
+        done_tokens += hyps.iter().map(|h| h[0].tokens.len()).sum::<usize>();
+        if let Some(bar) = &bar {
+            show_speed(bar, done_sents, done_tokens, start);
+        }
+    })?;
     let seconds = start.elapsed().as_secs_f64();
     if let Some(bar) = bar {
         bar.finish_and_clear();
     }
+    let (ids, hyps): (Vec<usize>, Vec<Vec<Hypothesis>>) = decoded.into_iter().unzip();
     let texts = hyps
         .iter()
         .map(|hs| {
             hs.iter()
-                .map(|h| set.tgt_dict.string(&ids(&h.tokens), bpe))
+                .map(|h| set.dicts.tgt.string(&ids_u32(&h.tokens), bpe))
                 .collect()
         })
         .collect();
     let tokens = hyps.iter().map(|h| h[0].tokens.len()).sum();
     Ok(Decoded {
+        ids,
         hyps,
         texts,
         seconds,
@@ -503,21 +462,83 @@ fn decode(
     })
 }
 
-fn ids(tokens: &[i64]) -> Vec<u32> {
+fn ids_u32(tokens: &[i64]) -> Vec<u32> {
     tokens.iter().map(|&t| t as u32).collect()
 }
 
-fn beam_options(a: &EvalArgs) -> BeamOptions {
-    BeamOptions {
-        beam: a.beam,
-        nbest: a.nbest,
-        lenpen: a.lenpen,
-        unkpen: a.unkpen,
-        max_len_a: a.max_len_a,
-        max_len_b: a.max_len_b,
-        min_len: a.min_len,
-        normalize_scores: !a.unnormalized,
+impl DecodeArgs {
+    /// The beam search's options.
+    pub fn beam_options(&self) -> BeamOptions {
+        BeamOptions {
+            beam: self.beam,
+            nbest: self.nbest,
+            lenpen: self.lenpen,
+            unkpen: self.unkpen,
+            max_len_a: self.max_len_a,
+            max_len_b: self.max_len_b,
+            min_len: self.min_len,
+            normalize_scores: !self.unnormalized,
+        }
     }
+
+    /// fairseq's batching flags.
+    pub fn batching(&self) -> Batching {
+        Batching {
+            batch_size: self.batch_size,
+            max_tokens: self.max_tokens,
+            required_batch_size_multiple: self.required_batch_size_multiple,
+        }
+    }
+
+    /// `--remove-bpe`, parsed.
+    pub fn bpe(&self) -> Result<Option<BpeMode>> {
+        match &self.remove_bpe {
+            Some(m) => Ok(Some(m.parse().map_err(|e| anyhow!("--remove-bpe: {e}"))?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Appends sentence `id`'s output: its hypotheses, one a line, or
+    /// fairseq-generate's S-/T-/H-/D-/P- lines with `--fairseq-format`.
+    pub fn render_sentence(&self, out: &mut String, s: &Rendered) {
+        let id = s.id;
+        if !self.fairseq_format {
+            for t in s.texts {
+                out.push_str(t);
+                out.push('\n');
+            }
+            return;
+        }
+        out.push_str(&format!("S-{id}\t{}\n", s.source));
+        if let Some(t) = &s.target {
+            out.push_str(&format!("T-{id}\t{t}\n"));
+        }
+        for (h, text) in s.hyps.iter().zip(s.texts) {
+            let score = py_float(self.score_base.convert(h.score) as f64);
+            out.push_str(&format!("H-{id}\t{score}\t{text}\n"));
+            if self.score_base == ScoreBase::Two {
+                out.push_str(&format!("D-{id}\t{score}\t{text}\n"));
+            }
+            let p: Vec<String> = h
+                .positional_scores
+                .iter()
+                .map(|&x| format!("{:.4}", self.score_base.convert(x)))
+                .collect();
+            out.push_str(&format!("P-{id}\t{}\n", p.join(" ")));
+        }
+    }
+}
+
+/// One sentence's output, as [`DecodeArgs::render_sentence`] prints it.
+pub struct Rendered<'a> {
+    /// The global sentence id.
+    pub id: usize,
+    /// The source as fairseq prints it (S- line).
+    pub source: String,
+    /// The reference (T- line), when known.
+    pub target: Option<String>,
+    pub hyps: &'a [Hypothesis],
+    pub texts: &'a [String],
 }
 
 /// Both corpus metrics over the first hypotheses, as fairseq-generate adds them.
@@ -531,12 +552,13 @@ fn score(set: &TestSet, d: &Decoded, bpe: Option<BpeMode>) -> Option<Scores> {
     let refs = set.refs.as_ref()?;
     let mut bleu = BleuScorer::new();
     let mut sacre = SacreBleu::new();
-    for (i, r) in refs.iter().enumerate() {
-        let target_str = set.tgt_dict.string_escape_unk(r, bpe);
-        let hyp_str = &d.texts[i][0];
+    for (k, &i) in d.ids.iter().enumerate() {
+        let r = &refs[i];
+        let target_str = set.dicts.tgt.string_escape_unk(r, bpe);
+        let hyp_str = &d.texts[k][0];
         match bpe {
             Some(_) => bleu.add(&target_str, hyp_str),
-            None => bleu.add_ids(r, &ids(&d.hyps[i][0].tokens)),
+            None => bleu.add_ids(r, &ids_u32(&d.hyps[k][0].tokens)),
         }
         sacre.add(&target_str, hyp_str);
     }
@@ -577,37 +599,20 @@ impl Scores {
 /// The hypotheses as text: plain lines or fairseq-generate's lines.
 fn render(a: &EvalArgs, set: &TestSet, d: &Decoded, bpe: Option<BpeMode>) -> String {
     let mut out = String::new();
-    for (i, hs) in d.hyps.iter().enumerate() {
-        if !a.fairseq_format {
-            for t in &d.texts[i] {
-                out.push_str(t);
-                out.push('\n');
-            }
-            continue;
-        }
-        out.push_str(&format!(
-            "S-{i}\t{}\n",
-            set.src_dict.string(&ids(&set.src[i]), bpe)
-        ));
-        if let Some(refs) = &set.refs {
-            out.push_str(&format!(
-                "T-{i}\t{}\n",
-                set.tgt_dict.string_escape_unk(&refs[i], bpe)
-            ));
-        }
-        for (h, text) in hs.iter().zip(&d.texts[i]) {
-            let score = py_float(a.score_base.convert(h.score) as f64);
-            out.push_str(&format!("H-{i}\t{score}\t{text}\n"));
-            if a.score_base == ScoreBase::Two {
-                out.push_str(&format!("D-{i}\t{score}\t{text}\n"));
-            }
-            let p: Vec<String> = h
-                .positional_scores
-                .iter()
-                .map(|&s| format!("{:.4}", a.score_base.convert(s)))
-                .collect();
-            out.push_str(&format!("P-{i}\t{}\n", p.join(" ")));
-        }
+    for (k, &i) in d.ids.iter().enumerate() {
+        a.decoding.render_sentence(
+            &mut out,
+            &Rendered {
+                id: i,
+                source: set.dicts.src.string(&ids_u32(&set.src[i]), bpe),
+                target: set
+                    .refs
+                    .as_ref()
+                    .map(|r| set.dicts.tgt.string_escape_unk(&r[i], bpe)),
+                hyps: &d.hyps[k],
+                texts: &d.texts[k],
+            },
+        );
     }
     out
 }
@@ -652,7 +657,7 @@ struct Expectation {
     base2: bool,
 }
 
-fn expect_fairseq(path: &Path, d: &Decoded) -> Result<Expectation> {
+fn expect_fairseq(path: &Path, d: &Decoded, set_len: usize) -> Result<Expectation> {
     let (want, base2) = read_fairseq(path)?;
     let mut e = Expectation {
         identical: 0,
@@ -662,15 +667,14 @@ fn expect_fairseq(path: &Path, d: &Decoded) -> Result<Expectation> {
         base2,
     };
     if let Some(&last) = want.keys().next_back() {
-        if last >= d.hyps.len() {
+        if last >= set_len {
             e.differences.push(format!(
-                "{} has sentence ids up to {last}, we translated {}",
-                path.display(),
-                d.hyps.len()
+                "{} has sentence ids up to {last}, the test set has {set_len}",
+                path.display()
             ));
         }
     }
-    for (i, ours) in d.texts.iter().enumerate() {
+    for (k, (&i, ours)) in d.ids.iter().zip(&d.texts).enumerate() {
         let Some(theirs) = want.get(&i) else {
             e.differences
                 .push(format!("{i}: no H-{i} line in {}", path.display()));
@@ -680,12 +684,12 @@ fn expect_fairseq(path: &Path, d: &Decoded) -> Result<Expectation> {
         let same = ours.len() == theirs.len() && ours.iter().zip(theirs).all(|(o, (_, t))| o == t);
         if same {
             e.identical += 1;
-        } else if let Some(k) = (0..n).find(|&k| ours[k] != theirs[k].1) {
+        } else if let Some(j) = (0..n).find(|&j| ours[j] != theirs[j].1) {
             e.differences.push(format!(
                 "{i} (hypothesis {}): ours {:?}, fairseq {:?}",
-                k + 1,
-                ours[k],
-                theirs[k].1
+                j + 1,
+                ours[j],
+                theirs[j].1
             ));
         } else {
             e.differences.push(format!(
@@ -694,14 +698,14 @@ fn expect_fairseq(path: &Path, d: &Decoded) -> Result<Expectation> {
                 theirs.len()
             ));
         }
-        for (k, (_, text)) in theirs.iter().enumerate().take(n) {
-            if &ours[k] == text {
+        for (j, (_, text)) in theirs.iter().enumerate().take(n) {
+            if &ours[j] == text {
                 let theirs_e = if base2 {
-                    theirs[k].0 * std::f64::consts::LN_2
+                    theirs[j].0 * std::f64::consts::LN_2
                 } else {
-                    theirs[k].0
+                    theirs[j].0
                 };
-                let diff = (d.hyps[i][k].score as f64 - theirs_e).abs();
+                let diff = (d.hyps[k][j].score as f64 - theirs_e).abs();
                 e.max_score_diff = e.max_score_diff.max(diff);
             }
         }
@@ -721,15 +725,17 @@ struct Comparison {
 }
 
 /// Runs `admin-convert eval`.
-pub fn run(a: EvalArgs) -> Result<ExitCode> {
-    beam_options(&a).validate()?;
-    let bpe: Option<BpeMode> = match &a.remove_bpe {
-        Some(m) => Some(m.parse().map_err(|e| anyhow!("--remove-bpe: {e}"))?),
-        None => None,
-    };
+pub fn run(mut a: EvalArgs) -> Result<ExitCode> {
+    a.decoding.beam_options().validate()?;
+    let bpe = a.decoding.bpe()?;
+    if a.shard.shard()?.is_sharded() {
+        a.decoding.fairseq_format = true;
+    }
     let load_start = Instant::now();
+    let data = data_dir(&a, &query(&a)?)?;
+    check_output(&a, data.as_deref())?;
     let Opened { mut backend, dicts } = open_model(&a.model, &a)?;
-    let set = load_test_set(&a, dicts)?;
+    let set = load_test_set(&a, data.as_deref(), dicts)?;
     check_vocab(backend.as_ref(), &set, &a.model)?;
     let load_seconds = load_start.elapsed().as_secs_f64();
 
@@ -744,7 +750,10 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
     let hyps_on_stdout = a.output.is_none() && !a.quiet && !a.json;
     let rendered = render(&a, &set, &d, bpe);
     if let Some(p) = &a.output {
-        std::fs::write(p, &rendered).with_context(|| format!("writing {}", p.display()))?;
+        crate::write::atomic_write(p, |w| Ok(w.write_all(rendered.as_bytes())?))?;
+        if !a.json {
+            println!("wrote {}", p.display());
+        }
     } else if hyps_on_stdout {
         let mut out = std::io::stdout().lock();
         out.write_all(rendered.as_bytes())?;
@@ -753,7 +762,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
 
     let comparison = compare(&a, backend.as_mut(), &set, &d, bpe)?;
     let expectation = match &a.expect_fairseq {
-        Some(p) => Some(expect_fairseq(p, &d)?),
+        Some(p) => Some(expect_fairseq(p, &d, set.src.len())?),
         None => None,
     };
 
@@ -764,8 +773,8 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             "model": a.model.display().to_string(),
             "backend": backend.name(),
             "precision": backend.precision().name(),
-            "beam": a.beam,
-            "nbest": a.nbest,
+            "beam": a.decoding.beam,
+            "nbest": a.decoding.nbest,
             "sentences": n,
             "hypotheses": d.hyps.iter().map(Vec::len).sum::<usize>(),
             "tokens": d.tokens,
@@ -773,7 +782,7 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             "seconds": d.seconds,
             "sentences_per_second": per_s(n, d.seconds),
             "tokens_per_second": per_s(d.tokens, d.seconds),
-            "score_base": a.score_base.name(),
+            "score_base": a.decoding.score_base.name(),
         });
         let obj = j.as_object_mut().expect("an object");
         obj.insert(
@@ -817,15 +826,11 @@ pub fn run(a: EvalArgs) -> Result<ExitCode> {
             per_s(d.tokens, d.seconds),
             backend.name()
         )];
-        let subset = if a.data.is_some() {
-            a.subset.as_str()
-        } else {
-            "input"
-        };
+        let subset = set.split.as_deref().unwrap_or("input");
         if let Some(s) = &scores {
             lines.push(format!(
                 "Generate {subset} with beam={}: {}",
-                a.beam,
+                a.decoding.beam,
                 s.line(a.scoring)
             ));
             if a.scoring == Scoring::Sacrebleu {
@@ -954,7 +959,7 @@ fn forced_diff(
     a: &EvalArgs,
 ) -> Result<f64> {
     let targets: Vec<Vec<i64>> = d.hyps.iter().map(|h| h[0].tokens.clone()).collect();
-    let batch = a.batch_size.unwrap_or(32).max(1);
+    let batch = a.decoding.batch_size.unwrap_or(32).max(1);
     let s1 = crate::score::score(b1, &set.src, &targets, batch)?;
     let s2 = crate::score::score(b2, &set.src, &targets, batch)?;
     Ok(s1

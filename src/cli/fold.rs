@@ -3,24 +3,27 @@
 //! dictionaries, when known) in the metadata.
 
 use super::{load, ModelArgs};
+use crate::data::locate;
 use crate::read::{META_ARGS, META_DICT_SRC, META_DICT_TGT, META_PRODUCER};
 use crate::transform::cast::parse_dtype;
 use crate::transform::fold::{fold_with_summary, FoldMode};
 use crate::verify::{self, Probe};
 use crate::write;
+use crate::write::output::{self, FileFormat, Kind};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Args)]
 pub struct FoldArgs {
     /// Checkpoint to fold (.pt or .safetensors).
     checkpoint: PathBuf,
-    /// Output .safetensors.
+    /// Output .safetensors, or .pt for a stock fairseq 0.12 checkpoint
+    /// (default: beside the input, CKPT.folded.safetensors).
     #[arg(short, long)]
-    output: PathBuf,
+    output: Option<PathBuf>,
     /// Keep embeddings tied and sinusoidal: fold each stack's first ω as a
     /// scalar (not exact; the measured error is reported).
     #[arg(long)]
@@ -28,7 +31,8 @@ pub struct FoldArgs {
     /// Output dtype: fp32 (default), fp16, bf16.
     #[arg(long, default_value = "fp32")]
     dtype: String,
-    /// Write even if values overflow the output dtype or the fold check fails.
+    /// Write even if values overflow the output dtype or the fold check
+    /// fails, or the default output exists.
     #[arg(long)]
     force: bool,
     /// Largest acceptable max |Δ log-prob| between original and folded model.
@@ -47,47 +51,33 @@ pub struct FoldArgs {
     model: ModelArgs,
 }
 
-/// `dict.src.txt`/`dict.tgt.txt` in `dir`, else the two `dict.*.txt` files.
-pub fn read_dicts(dir: &Path) -> Result<(String, String)> {
-    let read = |p: PathBuf| {
-        std::fs::read_to_string(&p).with_context(|| format!("{}: cannot read", p.display()))
-    };
-    let (s, t) = (dir.join("dict.src.txt"), dir.join("dict.tgt.txt"));
-    if s.exists() && t.exists() {
-        return Ok((read(s)?, read(t)?));
-    }
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("{}: cannot list", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("dict.") && n.ends_with(".txt"))
-        })
-        .collect();
-    found.sort();
-    match found.as_slice() {
-        [one] => Ok((read(one.clone())?, read(one.clone())?)),
-        [a, b] => Ok((read(a.clone())?, read(b.clone())?)),
-        _ => bail!(
-            "{}: expected dict.src.txt and dict.tgt.txt (found {} dict.*.txt files)",
-            dir.display(),
-            found.len()
-        ),
-    }
+/// The output path (default beside the input), checked against the policy
+/// of [`output`]: never an input, only regular files; `.safetensors` or a
+/// fairseq `.pt` by extension.
+fn output_path(a: &FoldArgs) -> Result<PathBuf> {
+    let out = output::choose(a.output.as_deref(), &a.checkpoint, Kind::Folded, a.force)?;
+    output::format_of(&out)?;
+    let mut inputs = a.input.input_files();
+    inputs.push(a.checkpoint.clone());
+    output::check_file(
+        &out,
+        &inputs.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
+    )?;
+    Ok(out)
 }
 
 pub fn run(a: FoldArgs) -> Result<ExitCode> {
     let dtype = parse_dtype(&a.dtype)
         .with_context(|| format!("unknown --dtype {} (fp32, fp16, bf16)", a.dtype))?;
+    let out = output_path(&a)?;
     let (ckpt, rec) = load(&a.checkpoint, &a.model)?;
-    let dict_dir = a.input.dict_dir();
-    let dicts = match &dict_dir {
-        Some(d) => Some(read_dicts(d)?),
-        None => ckpt
-            .embedded_dicts()
-            .map(|(s, t)| (s.to_string(), t.to_string())),
-    };
+    let q = a.input.query()?;
+    let dict_dir = a.input.dict_dir.as_ref().or(a.input.data.as_ref());
+    let dicts = super::checkpoint_dicts(&ckpt, dict_dir.map(PathBuf::as_path), &q)?;
+    if let Some(d) = &dicts {
+        let c = &rec.model.config;
+        locate::check_vocab(d, c.src_vocab, c.tgt_vocab, &a.checkpoint)?;
+    }
     let mode = if a.approx {
         FoldMode::Approximate
     } else {
@@ -97,11 +87,10 @@ pub fn run(a: FoldArgs) -> Result<ExitCode> {
     let (folded, summary) = fold_with_summary(original, mode);
     let c = &original.config;
     let probe = if a.input.given() {
-        let d = match &dict_dir {
-            Some(d) => super::model::dicts_in(d)?,
-            None => bail!("--src/--ref need --dict-dir DIR to encode the sentences"),
+        let Some(d) = &dicts else {
+            bail!("--src/--ref need --dict-dir DIR to encode the sentences");
         };
-        let pairs = a.input.pairs(&d)?;
+        let pairs = a.input.pairs(None, d)?;
         Probe {
             sources: pairs.sources,
             targets: pairs.targets,
@@ -121,13 +110,18 @@ pub fn run(a: FoldArgs) -> Result<ExitCode> {
         META_PRODUCER.to_string(),
         format!("admin-convert {}", env!("CARGO_PKG_VERSION")),
     );
-    meta.insert(
-        META_ARGS.to_string(),
-        serde_json::to_string(&write::fairseq::fairseq_args(&folded))?,
-    );
-    if let Some((s, t)) = &dicts {
-        meta.insert(META_DICT_SRC.to_string(), s.clone());
-        meta.insert(META_DICT_TGT.to_string(), t.clone());
+    let mut args = write::fairseq::fairseq_args(&folded);
+    // Record the data directory (absolute) so `eval OUTPUT` finds the test set.
+    if let Some(d) = locate::recorded_dir(&ckpt, &q)
+        .ok()
+        .and_then(|d| d.canonicalize().ok())
+    {
+        args.insert("data".into(), d.display().to_string().into());
+    }
+    meta.insert(META_ARGS.to_string(), serde_json::to_string(&args)?);
+    if let Some(d) = &dicts {
+        meta.insert(META_DICT_SRC.to_string(), d.src_text.clone());
+        meta.insert(META_DICT_TGT.to_string(), d.tgt_text.clone());
     }
     let mut input_dtypes = BTreeMap::new();
     for e in &ckpt.entries {
@@ -143,7 +137,7 @@ pub fn run(a: FoldArgs) -> Result<ExitCode> {
         > 1;
     let report = serde_json::json!({
         "input": a.checkpoint.display().to_string(),
-        "output": a.output.display().to_string(),
+        "output": out.display().to_string(),
         "fold": summary,
         "mode": if a.approx { "approximate" } else { "exact" },
         "dtype": dtype.name(),
@@ -161,7 +155,13 @@ pub fn run(a: FoldArgs) -> Result<ExitCode> {
     meta.insert("admin_convert.fold".to_string(), report.to_string());
     let write_it = (passed && damaged == 0) || a.force;
     if write_it {
-        write::safetensors::write(&a.output, &sd.tensors, &meta)?;
+        match output::format_of(&out)? {
+            // A stock fairseq 0.12 checkpoint (tied tables kept tied).
+            FileFormat::FairseqPt => {
+                write::torch::write(&out, &write::fairseq::checkpoint(&folded, dtype).0)?
+            }
+            FileFormat::Safetensors => write::safetensors::write(&out, &sd.tensors, &meta)?,
+        }
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -232,7 +232,7 @@ pub fn run(a: FoldArgs) -> Result<ExitCode> {
             println!("note: no dictionaries embedded (pass --dict-dir DIR to make the output self-contained)");
         }
         if write_it {
-            println!("wrote {}", a.output.display());
+            println!("wrote {}", out.display());
         } else {
             println!("not written (use --force to write anyway)");
         }

@@ -7,9 +7,12 @@ mod cast;
 pub mod eval;
 mod export;
 mod fold;
+mod merge;
 pub mod model;
 mod score;
+mod translate;
 
+use crate::data::locate::{self, Dicts, Query};
 use crate::read::Checkpoint;
 use crate::recognise::{self, Overrides, Recognised};
 use crate::spec::{Activation, Family};
@@ -22,29 +25,60 @@ use std::process::ExitCode;
 #[command(
     name = "admin-convert",
     version,
-    about = "Fold, repair, average, export and decode Admin / DeepNet / ReZero Transformer checkpoints"
+    about = "Fold, repair, average, export and decode Admin / DeepNet / ReZero Transformer checkpoints",
+    after_help = WORKFLOW
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
 }
+
+/// The example workflow `admin-convert` prints with no arguments.
+const WORKFLOW: &str = "\
+Example workflow (outputs land beside the checkpoint; the test set is the data directory it records):
+  admin-convert fold checkpoint_best.pt          # -> checkpoint_best.folded.safetensors
+  admin-convert export checkpoint_best.pt --onnx # -> checkpoint_best.onnx/
+  admin-convert eval checkpoint_best.pt --beam 4 # translate the test set, print BLEU";
 
 #[derive(Subcommand)]
 enum Command {
     /// What a checkpoint is: family, shape, dtypes, scales, problems.
+    #[command(after_help = "Example:\n  admin-convert inspect checkpoint_best.pt")]
     Inspect(InspectArgs),
     /// Fold ω / α / gates into a standard Transformer, exactly, and measure it.
+    #[command(
+        after_help = "Example:\n  admin-convert fold checkpoint_best.pt    (writes checkpoint_best.folded.safetensors)"
+    )]
     Fold(fold::FoldArgs),
     /// Export ONNX graphs (encoder + cached decoder), fp32 and fp16.
+    #[command(
+        after_help = "Example:\n  admin-convert export checkpoint_best.pt --onnx    (writes checkpoint_best.onnx/)"
+    )]
     Export(export::ExportArgs),
     /// Teacher-forced scores of references (like fairseq-generate --score-reference).
+    #[command(
+        after_help = "Example:\n  admin-convert score checkpoint_best.pt data-bin --score-base 2"
+    )]
     Score(score::ScoreArgs),
     /// Average checkpoints as fairseq's average_checkpoints.py does, in bounded memory.
+    #[command(
+        after_help = "Example:\n  admin-convert average checkpoint36.pt checkpoint37.pt checkpoint38.pt -o averaged.pt"
+    )]
     Average(average::AverageArgs),
     /// Convert every float tensor to one dtype (fp32, fp16, bf16).
+    #[command(
+        after_help = "Example:\n  admin-convert cast checkpoint_best.pt --dtype fp16 -o checkpoint_best.fp16.pt"
+    )]
     Cast(cast::CastArgs),
     /// Translate a test set with fairseq's beam search and score it (BLEU, sacreBLEU).
+    #[command(
+        after_help = "Example:\n  admin-convert eval checkpoint_best.pt --beam 4    (test set: the data directory the checkpoint records)\n  admin-convert eval checkpoint_best.onnx data-bin --beam 4 --remove-bpe"
+    )]
     Eval(Box<eval::EvalArgs>),
+    /// Translate text of any size from a file or stdin, in bounded memory (like fairseq-interactive).
+    Translate(Box<translate::TranslateArgs>),
+    /// Merge the outputs of a sharded run (--num-shards/--shard-id) in sentence order; BLEU over all.
+    MergeShards(merge::MergeArgs),
 }
 
 /// Hyper-parameters a checkpoint may not record (bare safetensors).
@@ -119,10 +153,31 @@ pub fn load(path: &Path, model: &ModelArgs) -> Result<(Checkpoint, Recognised)> 
     Ok((ckpt, rec))
 }
 
+/// Dictionaries for a checkpoint being written out (`fold`, `export`):
+/// those in `dir` (--dict-dir / --data), else the ones embedded in it, else
+/// those of the data directory it records (see [`locate`]).
+pub fn checkpoint_dicts(ckpt: &Checkpoint, dir: Option<&Path>, q: &Query) -> Result<Option<Dicts>> {
+    if let Some(d) = dir {
+        return Ok(Some(locate::dicts_in(d, q)?));
+    }
+    if let Some(d) = locate::embedded_dicts(ckpt)? {
+        return Ok(Some(d));
+    }
+    match locate::recorded_dir(ckpt, q) {
+        Ok(d) => Ok(Some(locate::dicts_in(&d, q)?)),
+        Err(_) => Ok(None),
+    }
+}
+
 /// Parse the command line and run the command.
 pub fn run() -> Result<ExitCode> {
     let cli = Cli::parse();
-    match cli.command {
+    let Some(command) = cli.command else {
+        use clap::CommandFactory;
+        print!("{}", Cli::command().render_help());
+        return Ok(ExitCode::SUCCESS);
+    };
+    match command {
         Command::Inspect(a) => inspect(a),
         Command::Fold(a) => fold::run(a),
         Command::Score(a) => score::run(a),
@@ -130,6 +185,8 @@ pub fn run() -> Result<ExitCode> {
         Command::Average(a) => average::run(a),
         Command::Cast(a) => cast::run(a),
         Command::Eval(a) => eval::run(*a),
+        Command::Translate(a) => translate::run(*a),
+        Command::MergeShards(a) => merge::run(a),
     }
 }
 
@@ -142,4 +199,44 @@ fn inspect(a: InspectArgs) -> Result<ExitCode> {
         print!("{}", crate::inspect::render_text(&report));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Probe sentence pairs of the self-check of `average --fold` and `export --fold`.
+const FOLD_CHECK_SENTENCES: usize = 16;
+/// Largest acceptable max |Δ log-prob| of that check (`fold`'s default).
+const FOLD_CHECK_TOLERANCE: f32 = 1e-4;
+
+/// The self-check `average --fold` and `export --fold` run (as `fold` does
+/// without test data): original and folded model on the native engine over
+/// random probe sentences; an error when they differ beyond the tolerance.
+pub fn fold_check(
+    original: &crate::spec::Model,
+    folded: &crate::spec::Model,
+) -> Result<crate::verify::FoldCheck> {
+    let c = crate::verify::check_fold_random(
+        original,
+        folded,
+        FOLD_CHECK_SENTENCES,
+        FOLD_CHECK_TOLERANCE,
+    )
+    .map_err(|e| anyhow!("checking the fold: {e}"))?;
+    if !c.passed {
+        anyhow::bail!(
+            "the folded model differs from the original by {:.3e} in log-prob (tolerance {:e}): nothing written",
+            c.max_abs_diff,
+            c.tolerance
+        );
+    }
+    Ok(c)
+}
+
+/// `check: max |Δ log-prob| = … over N random probe sentence pairs (tolerance …): ok`.
+pub fn fold_check_line(c: &crate::verify::FoldCheck) -> String {
+    format!(
+        "check: max |Δ log-prob| = {:.3e} over {} random probe sentence pairs (tolerance {:e}): {}",
+        c.max_abs_diff,
+        c.probe_sentences,
+        c.tolerance,
+        if c.passed { "ok" } else { "FAILED" }
+    )
 }

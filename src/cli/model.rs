@@ -3,7 +3,7 @@
 //! onnxruntime, with the dictionaries that belong to it.
 
 use super::{load, ModelArgs};
-use crate::data::dict::Dictionary;
+use crate::data::locate::{self, Dicts, Query};
 use crate::export::{self, ExportOptions, Precision};
 use crate::runtime::ort::{Device, OrtBackend, OrtOptions};
 use crate::runtime::tract::TractBackend;
@@ -45,7 +45,7 @@ pub struct RuntimeArgs {
 /// A model ready to run, and its dictionaries when known.
 pub struct Opened {
     pub backend: Box<dyn Backend>,
-    pub dicts: Option<(Dictionary, Dictionary)>,
+    pub dicts: Option<Dicts>,
 }
 
 fn parse_device(s: &str) -> Result<Device> {
@@ -59,14 +59,37 @@ fn parse_device(s: &str) -> Result<Device> {
     })
 }
 
-/// `dict.src.txt` / `dict.tgt.txt` (or the `dict.*.txt` pair) of `dir`.
-pub fn dicts_in(dir: &Path) -> Result<(Dictionary, Dictionary)> {
-    let (s, t) = super::fold::read_dicts(dir)?;
-    let parse = |text: &str, which: &str| {
-        Dictionary::from_dict_txt(text)
-            .with_context(|| format!("{}: {which} dictionary", dir.display()))
+/// The dictionaries an export directory carries: `dict.*.txt` files, else
+/// the `fairseq.dict.src` / `fairseq.dict.tgt` metadata of its encoder graph.
+pub fn export_dir_dicts(dir: &Path, precision: Precision) -> Result<Option<Dicts>> {
+    let q = Query::new(None, None, "test")?;
+    if locate::dict_paths(dir, &q).is_ok() {
+        return Ok(Some(locate::dicts_in(dir, &q)?));
+    }
+    dictionaries_in_graph(&dir.join(crate::export::GraphKind::Encoder.file_name(precision)))
+}
+
+/// The `fairseq.dict.src` / `fairseq.dict.tgt` metadata of an exported graph.
+pub fn dictionaries_in_graph(path: &Path) -> Result<Option<Dicts>> {
+    use prost::Message;
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let model = tract_onnx::pb::ModelProto::decode(bytes.as_slice())
+        .with_context(|| format!("{}: not an ONNX model", path.display()))?;
+    let get = |key: &str| {
+        model
+            .metadata_props
+            .iter()
+            .find(|p| p.key == key)
+            .map(|p| p.value.clone())
     };
-    Ok((parse(&s, "source")?, parse(&t, "target")?))
+    match (get("fairseq.dict.src"), get("fairseq.dict.tgt")) {
+        (Some(s), Some(t)) => Ok(Some(Dicts::from_texts(
+            s,
+            t,
+            &format!("{} (fairseq.dict.* metadata)", path.display()),
+        )?)),
+        _ => Ok(None),
+    }
 }
 
 /// The backend `--backend` names, `auto` resolved.
@@ -80,12 +103,7 @@ pub fn resolve_backend<'a>(path: &Path, rt: &'a RuntimeArgs) -> &'a str {
 }
 
 /// Open MODEL (checkpoint file or export directory) on the chosen runtime.
-pub fn open(
-    path: &Path,
-    model: &ModelArgs,
-    rt: &RuntimeArgs,
-    dict_dir: Option<&Path>,
-) -> Result<Opened> {
+pub fn open(path: &Path, model: &ModelArgs, rt: &RuntimeArgs) -> Result<Opened> {
     let precision = if rt.fp16 {
         Precision::Fp16
     } else {
@@ -116,7 +134,7 @@ pub fn open(
         );
     }
     let mut native_backend = None;
-    let (source, mut dicts) = if path.is_dir() {
+    let (source, dicts) = if path.is_dir() {
         if !path
             .join(crate::export::GraphKind::Encoder.file_name(precision))
             .exists()
@@ -128,21 +146,11 @@ pub fn open(
                 if rt.fp16 { " with --fp16" } else { "" }
             );
         }
-        let dicts = if path.join("dict.src.txt").exists() {
-            Some(dicts_in(path)?)
-        } else {
-            None
-        };
+        let dicts = export_dir_dicts(path, precision)?;
         (Some(GraphSource::Dir(path.to_path_buf(), precision)), dicts)
     } else {
         let (ckpt, rec) = load(path, model)?;
-        let dicts = match ckpt.embedded_dicts() {
-            Some((s, t)) => Some((
-                Dictionary::from_dict_txt(s).context("embedded source dictionary")?,
-                Dictionary::from_dict_txt(t).context("embedded target dictionary")?,
-            )),
-            None => None,
-        };
+        let dicts = locate::embedded_dicts(&ckpt)?;
         // The raw checkpoint is no longer needed: free it before building
         // the engine's copy of the weights (peak memory).
         drop(ckpt);
@@ -158,9 +166,6 @@ pub fn open(
             (Some(GraphSource::Memory(Arc::new(graphs))), dicts)
         }
     };
-    if let Some(d) = dict_dir {
-        dicts = Some(dicts_in(d)?);
-    }
     let graphs = || source.clone().expect("graphs exported above unless native");
     let backend: Box<dyn Backend> = match name {
         "tract" => {

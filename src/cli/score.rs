@@ -4,8 +4,8 @@
 
 use super::model::{open, RuntimeArgs};
 use super::ModelArgs;
-use crate::data::dict::Dictionary;
-use crate::data::indexed::IndexedDataset;
+use crate::data::locate::{self, DataSource, Dicts, Query};
+use crate::write::output;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::io::Write;
@@ -16,6 +16,10 @@ use std::process::ExitCode;
 pub struct ScoreArgs {
     /// Checkpoint (.pt / .safetensors) or a directory written by `export`.
     model: PathBuf,
+    /// fairseq data directory (like `fairseq-generate DATA`; default: the
+    /// one the checkpoint records).
+    #[arg(conflicts_with_all = ["data", "src"])]
+    data_dir: Option<PathBuf>,
     #[command(flatten)]
     input: DataArgs,
     #[arg(long, default_value_t = 64)]
@@ -33,10 +37,12 @@ pub struct ScoreArgs {
     runtime: RuntimeArgs,
     #[command(flatten)]
     model_args: ModelArgs,
+    #[command(flatten)]
+    shard: super::eval::ShardArgs,
 }
 
 /// Where test sentences come from: BPE'd text + dictionaries, or a fairseq
-/// binarized split.
+/// binarized split (found by [`crate::data::locate`]).
 #[derive(Args, Clone, Debug, Default)]
 pub struct DataArgs {
     /// Source sentences, one per line (BPE applied, as the model was trained).
@@ -51,9 +57,15 @@ pub struct DataArgs {
     /// Split of --data.
     #[arg(long, default_value = "test")]
     pub subset: String,
-    /// Directory holding dict.src.txt / dict.tgt.txt (default: --data, or the model's own).
+    /// Directory holding the dictionaries (default: --data, or the model's own).
     #[arg(long)]
     pub dict_dir: Option<PathBuf>,
+    /// Source language (fairseq's -s; default: from the split's file names).
+    #[arg(long, short = 's')]
+    pub source_lang: Option<String>,
+    /// Target language (fairseq's -t).
+    #[arg(long, short = 't')]
+    pub target_lang: Option<String>,
 }
 
 impl DataArgs {
@@ -62,20 +74,35 @@ impl DataArgs {
         self.src.is_some() || self.data.is_some()
     }
 
-    /// The dictionary directory: --dict-dir, else --data.
-    pub fn dict_dir(&self) -> Option<PathBuf> {
-        self.dict_dir.clone().or_else(|| self.data.clone())
+    /// The language pair and split asked for.
+    pub fn query(&self) -> Result<Query> {
+        Query::new(
+            self.source_lang.as_deref(),
+            self.target_lang.as_deref(),
+            &self.subset,
+        )
     }
 
-    /// The sentence pairs, encoded with `dicts` where text is given.
-    pub fn pairs(&self, dicts: &(Dictionary, Dictionary)) -> Result<Pairs> {
-        load_pairs(
-            self.src.as_deref(),
-            self.reference.as_deref(),
-            self.data.as_deref(),
-            &self.subset,
-            dicts,
-        )
+    /// The sentence pairs: the split of `data` (else --data), or --src/--ref
+    /// encoded with `dicts`.
+    pub fn pairs(&self, data: Option<&Path>, dicts: &Dicts) -> Result<Pairs> {
+        match data.or(self.data.as_deref()) {
+            Some(dir) => split_pairs(dir, &self.query()?, dicts),
+            None => text_pairs(self.src.as_deref(), self.reference.as_deref(), dicts),
+        }
+    }
+
+    /// Every file this names (outputs must not overwrite them).
+    pub fn input_files(&self) -> Vec<PathBuf> {
+        let mut v: Vec<PathBuf> = [&self.src, &self.reference]
+            .into_iter()
+            .flatten()
+            .cloned()
+            .collect();
+        for d in [&self.data, &self.dict_dir].into_iter().flatten() {
+            v.extend(output::files_in(d));
+        }
+        v
     }
 }
 
@@ -90,72 +117,25 @@ fn to_i64(v: Vec<u32>) -> Vec<i64> {
     v.into_iter().map(i64::from).collect()
 }
 
-/// `{subset}.{src}-{tgt}.{src}` and `.{tgt}` prefixes in a fairseq data dir.
-pub fn find_split(dir: &Path, subset: &str) -> Result<(PathBuf, PathBuf)> {
-    let mut prefixes = vec![];
-    for e in std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))? {
-        let name = e?.file_name().to_string_lossy().into_owned();
-        if let Some(stem) = name.strip_suffix(".idx") {
-            if let Some(rest) = stem.strip_prefix(&format!("{subset}.")) {
-                prefixes.push(rest.to_string());
-            }
-        }
-    }
-    prefixes.sort();
-    // rest = "src-tgt.lang"
-    for p in &prefixes {
-        if let Some((pair, lang)) = p.rsplit_once('.') {
-            if let Some((s, t)) = pair.split_once('-') {
-                if lang == s {
-                    let src = dir.join(format!("{subset}.{pair}.{s}"));
-                    let tgt = dir.join(format!("{subset}.{pair}.{t}"));
-                    return Ok((src, tgt));
-                }
-            }
-        }
-    }
-    bail!(
-        "{}: no binarized '{subset}' split (expected {subset}.SRC-TGT.SRC.idx/.bin)",
-        dir.display()
-    )
+/// The binarized split of `dir`, with references.
+fn split_pairs(dir: &Path, q: &Query, dicts: &Dicts) -> Result<Pairs> {
+    let split = locate::read_split(dir, q)?;
+    let tgt = split.tgt.with_context(|| {
+        format!(
+            "{}: split '{}' has no target side to score",
+            dir.display(),
+            q.subset
+        )
+    })?;
+    Ok(Pairs {
+        target_text: tgt.iter().map(|t| dicts.tgt.string(t, None)).collect(),
+        targets: tgt.into_iter().map(to_i64).collect(),
+        sources: split.src.into_iter().map(to_i64).collect(),
+    })
 }
 
-/// Load sentence pairs from text (encoded with the dictionaries) or a data dir.
-pub fn load_pairs(
-    src: Option<&Path>,
-    reference: Option<&Path>,
-    data: Option<&Path>,
-    subset: &str,
-    dicts: &(Dictionary, Dictionary),
-) -> Result<Pairs> {
-    let (sd, td) = dicts;
-    if let Some(dir) = data {
-        let (sp, tp) = find_split(dir, subset)?;
-        let open = |p: &Path| IndexedDataset::open(p).with_context(|| format!("{}", p.display()));
-        let (s, t) = (open(&sp)?, open(&tp)?);
-        if s.len() != t.len() {
-            bail!(
-                "{}: {} sources but {} targets",
-                dir.display(),
-                s.len(),
-                t.len()
-            );
-        }
-        let mut p = Pairs {
-            sources: vec![],
-            targets: vec![],
-            target_text: vec![],
-        };
-        for i in 0..s.len() {
-            let tt = t.get(i).with_context(|| format!("{}", tp.display()))?;
-            p.target_text.push(td.string(&tt, None));
-            p.targets.push(to_i64(tt));
-            p.sources.push(to_i64(
-                s.get(i).with_context(|| format!("{}", sp.display()))?,
-            ));
-        }
-        return Ok(p);
-    }
+/// --src/--ref text encoded with the dictionaries.
+fn text_pairs(src: Option<&Path>, reference: Option<&Path>, dicts: &Dicts) -> Result<Pairs> {
     let (Some(src), Some(reference)) = (src, reference) else {
         bail!("give --src and --ref, or --data DIR");
     };
@@ -177,10 +157,26 @@ pub fn load_pairs(
         );
     }
     Ok(Pairs {
-        sources: s.iter().map(|l| to_i64(sd.encode_line(l))).collect(),
-        targets: t.iter().map(|l| to_i64(td.encode_line(l))).collect(),
+        sources: s.iter().map(|l| to_i64(dicts.src.encode_line(l))).collect(),
+        targets: t.iter().map(|l| to_i64(dicts.tgt.encode_line(l))).collect(),
         target_text: t,
     })
+}
+
+/// The data directory to score when no --src was given: the positional
+/// one, --data, the checkpoint's recorded one, or what an export records.
+fn data_dir(a: &ScoreArgs, q: &Query) -> Result<Option<PathBuf>> {
+    if a.input.src.is_some() {
+        return Ok(None);
+    }
+    let given = a.data_dir.as_deref().or(a.input.data.as_deref());
+    match locate::find_data_dir(given, &a.model, q)? {
+        DataSource::Dir(d) => Ok(Some(d)),
+        DataSource::None(msg) => bail!(
+            "{}",
+            msg.replace("admin-convert eval", "admin-convert score")
+        ),
+    }
 }
 
 pub fn run(a: ScoreArgs) -> Result<ExitCode> {
@@ -189,33 +185,50 @@ pub fn run(a: ScoreArgs) -> Result<ExitCode> {
         "2" => true,
         b => bail!("unknown --score-base {b} (e, 2)"),
     };
-    let dict_dir = a.input.dict_dir();
-    let mut opened = open(&a.model, &a.model_args, &a.runtime, dict_dir.as_deref())?;
-    let dicts = opened.dicts.take().with_context(|| {
+    let q = a.input.query()?;
+    let data = data_dir(&a, &q)?;
+    let out_path = match &a.output {
+        Some(o) => {
+            let mut inputs = a.input.input_files();
+            inputs.push(a.model.clone());
+            inputs.extend(data.iter().flat_map(|d| output::files_in(d)));
+            inputs.extend(output::files_in(&a.model));
+            output::check_file(o, &inputs.iter().map(PathBuf::as_path).collect::<Vec<_>>())?;
+            Some(o.clone())
+        }
+        None => None,
+    };
+    let mut opened = open(&a.model, &a.model_args, &a.runtime)?;
+    let own = opened.dicts.take();
+    let dicts = match (&a.input.dict_dir, &data) {
+        (Some(d), _) | (None, Some(d)) => Some(locate::dicts_in(d, &q)?),
+        (None, None) => own,
+    }
+    .with_context(|| {
         format!(
-            "{}: no dictionaries: pass --dict-dir DIR (with dict.src.txt / dict.tgt.txt)",
+            "{}: no dictionaries: pass --dict-dir DIR (with dict.SRC.txt / dict.TGT.txt)",
             a.model.display()
         )
     })?;
-    let pairs = a.input.pairs(&dicts)?;
-    let scored = crate::score::score(
+    let info = opened.backend.info();
+    locate::check_vocab(&dicts, info.src_vocab, info.tgt_vocab, &a.model)?;
+    let pairs = a.input.pairs(data.as_deref(), &dicts)?;
+    let scored = crate::score::score_shard(
         opened.backend.as_mut(),
         &pairs.sources,
         &pairs.targets,
         a.batch_size,
+        a.shard.shard()?,
     )?;
     let k = if base2 { std::f64::consts::LN_2 } else { 1.0 };
-    let mut out: Box<dyn Write> = match &a.output {
-        Some(p) => Box::new(std::io::BufWriter::new(
-            std::fs::File::create(p).with_context(|| format!("{}: cannot create", p.display()))?,
-        )),
-        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
-    };
+    let mut buf: Vec<u8> = vec![];
+    let out = &mut buf;
     if a.json {
         let sents: Vec<_> = scored
             .iter()
-            .map(|s| {
+            .map(|(i, s)| {
                 serde_json::json!({
+                    "id": i,
                     "score": s.score / k,
                     "positional": s.positional.iter().map(|&x| x as f64 / k).collect::<Vec<_>>(),
                 })
@@ -223,9 +236,9 @@ pub fn run(a: ScoreArgs) -> Result<ExitCode> {
             .collect();
         let total: f64 = scored
             .iter()
-            .map(|s| s.positional.iter().map(|&x| x as f64).sum::<f64>())
+            .map(|(_, s)| s.positional.iter().map(|&x| x as f64).sum::<f64>())
             .sum();
-        let ntok: usize = scored.iter().map(|s| s.positional.len()).sum();
+        let ntok: usize = scored.iter().map(|(_, s)| s.positional.len()).sum();
         writeln!(
             out,
             "{}",
@@ -238,8 +251,8 @@ pub fn run(a: ScoreArgs) -> Result<ExitCode> {
             }))?
         )?;
     } else {
-        for (i, s) in scored.iter().enumerate() {
-            writeln!(out, "H-{i}\t{}\t{}", s.score / k, pairs.target_text[i])?;
+        for (i, s) in &scored {
+            writeln!(out, "H-{i}\t{}\t{}", s.score / k, pairs.target_text[*i])?;
             let p: Vec<String> = s
                 .positional
                 .iter()
@@ -248,6 +261,16 @@ pub fn run(a: ScoreArgs) -> Result<ExitCode> {
             writeln!(out, "P-{i}\t{}", p.join(" "))?;
         }
     }
-    out.flush()?;
+    match out_path {
+        Some(p) => {
+            crate::write::atomic_write(&p, |w| Ok(w.write_all(&buf)?))?;
+            eprintln!("wrote {}", p.display());
+        }
+        None => {
+            let mut o = std::io::stdout().lock();
+            o.write_all(&buf)?;
+            o.flush()?;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,9 +1,10 @@
 //! Text-side inputs: fairseq dictionaries ([`dict`]), binarized test sets
-//! ([`indexed`]) and BPE removal plus Python-compatible whitespace ([`text`]).
+//! ([`indexed`]), finding test sets and dictionaries ([`locate`]) and BPE removal plus Python-compatible whitespace ([`text`]).
 //! fairseq's behaviour is specified in `shared/spec/fairseq.md`.
 
 pub mod dict;
 pub mod indexed;
+pub mod locate;
 pub mod text;
 
 pub use dict::{DictError, Dictionary};

@@ -105,6 +105,74 @@ pub fn plan(
 /// Progress callback of [`decode_all`]: a batch's sentence indices and hypotheses.
 pub type OnBatch<'a> = dyn FnMut(&[usize], &[Vec<Hypothesis>]) + 'a;
 
+/// One shard of a sharded run (fairseq's `--num-shards N --shard-id I`).
+///
+/// fairseq's rule (`data/iterators.py`, `ShardedIterator`): the batches are
+/// cut from the whole test set as an unsharded run cuts them, and shard `I`
+/// decodes batches `I, I+N, I+2N, …`. Each sentence is thus decoded in the
+/// very batch an unsharded run puts it in, so the shards' hypotheses merged
+/// by sentence id equal the unsharded run's, even where the batch matters
+/// (`max_len_a ≠ 0`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shard {
+    pub num_shards: usize,
+    pub shard_id: usize,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard {
+            num_shards: 1,
+            shard_id: 0,
+        }
+    }
+}
+
+impl Shard {
+    /// Checks `shard_id < num_shards`, as fairseq does.
+    pub fn new(num_shards: usize, shard_id: usize) -> Result<Shard> {
+        if num_shards == 0 || shard_id >= num_shards {
+            bail!("--shard-id must be below --num-shards (got {shard_id} of {num_shards})");
+        }
+        Ok(Shard {
+            num_shards,
+            shard_id,
+        })
+    }
+
+    /// True when batch number `batch` (0-based, counted over the whole run)
+    /// belongs to this shard.
+    pub fn owns(&self, batch: usize) -> bool {
+        batch % self.num_shards == self.shard_id
+    }
+
+    /// True when this is more than one shard of a run.
+    pub fn is_sharded(&self) -> bool {
+        self.num_shards > 1
+    }
+}
+
+/// Decodes the given batches (indices into `src`, ids ending with EOS) in
+/// order; returns `(sentence index, hypotheses)` sorted by index.
+/// `on_batch` is called after each batch (progress).
+pub fn decode_batches(
+    backend: &mut dyn Backend,
+    src: &[Vec<i64>],
+    batches: &[Vec<usize>],
+    opts: &BeamOptions,
+    on_batch: &mut OnBatch,
+) -> Result<Vec<(usize, Vec<Hypothesis>)>> {
+    let mut out = Vec::with_capacity(batches.iter().map(Vec::len).sum());
+    for batch in batches {
+        let sources: Vec<Vec<i64>> = batch.iter().map(|&i| src[i].clone()).collect();
+        let hyps = beam_search(backend, &sources, opts)?;
+        on_batch(batch, &hyps);
+        out.extend(batch.iter().copied().zip(hyps));
+    }
+    out.sort_by_key(|(i, _)| *i);
+    Ok(out)
+}
+
 /// Decodes every sentence of `src` (ids ending with EOS) in fairseq's
 /// batches; returns the hypotheses in input order. `on_batch` is called
 /// after each batch with its sentence indices and hypotheses (progress).
@@ -117,18 +185,25 @@ pub fn decode_all(
     on_batch: &mut OnBatch,
 ) -> Result<Vec<Vec<Hypothesis>>> {
     let src_lens: Vec<usize> = src.iter().map(Vec::len).collect();
-    let mut out: Vec<Option<Vec<Hypothesis>>> = vec![None; src.len()];
-    for batch in plan(&src_lens, tgt_lens, batching)? {
-        let sources: Vec<Vec<i64>> = batch.iter().map(|&i| src[i].clone()).collect();
-        let hyps = beam_search(backend, &sources, opts)?;
-        on_batch(&batch, &hyps);
-        for (&i, h) in batch.iter().zip(hyps) {
-            out[i] = Some(h);
-        }
-    }
-    Ok(out
+    let batches = plan(&src_lens, tgt_lens, batching)?;
+    let out = decode_batches(backend, src, &batches, opts, on_batch)?;
+    debug_assert_eq!(out.len(), src.len());
+    Ok(out.into_iter().map(|(_, h)| h).collect())
+}
+
+/// The batches of a test set that `shard` decodes: [`plan`], then every
+/// `num_shards`-th batch from `shard_id` on.
+pub fn plan_shard(
+    src_lens: &[usize],
+    tgt_lens: Option<&[usize]>,
+    batching: &Batching,
+    shard: Shard,
+) -> Result<Vec<Vec<usize>>> {
+    Ok(plan(src_lens, tgt_lens, batching)?
         .into_iter()
-        .map(|h| h.expect("every sentence is in one batch"))
+        .enumerate()
+        .filter(|(k, _)| shard.owns(*k))
+        .map(|(_, b)| b)
         .collect())
 }
 

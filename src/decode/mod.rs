@@ -6,5 +6,5 @@
 pub mod batch;
 pub mod beam;
 
-pub use batch::{decode_all, plan, Batching};
+pub use batch::{decode_all, decode_batches, plan, plan_shard, Batching, Shard};
 pub use beam::{beam_search, BeamOptions, Hypothesis};

@@ -171,6 +171,11 @@ pub struct GraphInfo {
     pub max_target_positions: Option<usize>,
 }
 
+/// The most sinusoidal positions an exported graph carries rows for (its
+/// table is a weight): a config's larger `max_*_positions` is capped here,
+/// and the runtimes refuse longer inputs with a message.
+pub const GRAPH_SINUSOIDAL_POSITIONS: usize = 16384;
+
 impl GraphInfo {
     pub fn of(m: &Model) -> GraphInfo {
         let w = &m.weights;
@@ -178,8 +183,8 @@ impl GraphInfo {
         let hd = m.config.decoder_attention_heads.max(1);
         let max = |e: &Embedding| match &e.positions {
             Positions::None => None,
-            Positions::Sinusoidal => Some(usize::MAX),
-            Positions::Learned(t) => Some(t.nrows() - spec::PAD - 1),
+            Positions::Sinusoidal => Some(GRAPH_SINUSOIDAL_POSITIONS),
+            Positions::Learned(t) => Some(t.nrows().saturating_sub(spec::PAD + 1)),
         };
         GraphInfo {
             encoder_layers: w.encoder_layers.len(),
@@ -452,7 +457,10 @@ fn position_table(g: &mut Graph, e: &Embedding, max_positions: usize, name: &str
     let d = e.tokens.ncols();
     let table: Array2<f32> = match &e.positions {
         Positions::None => return None,
-        Positions::Sinusoidal => spec::sinusoidal_table(max_positions + spec::PAD + 1, d),
+        Positions::Sinusoidal => spec::sinusoidal_table(
+            max_positions.min(GRAPH_SINUSOIDAL_POSITIONS) + spec::PAD + 1,
+            d,
+        ),
         Positions::Learned(t) => t.clone(),
     };
     let table = table.as_standard_layout();

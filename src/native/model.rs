@@ -219,11 +219,28 @@ pub(crate) struct DecoderLayer {
     pub ffn: Sub<Ffn>,
 }
 
+/// Sinusoidal rows kept precomputed; later rows are computed when used, so
+/// a config's `max_*_positions` never sizes an allocation.
+const CACHED_POSITION_ROWS: usize = 1024 + spec::PAD + 1;
+
+/// Where position rows come from.
+enum PosTable {
+    /// A learned table (what the file holds).
+    Learned(Array2<f32>),
+    /// fairseq's sinusoidal table of `rows` rows: the first rows cached,
+    /// the rest computed from `freqs`.
+    Sinusoidal {
+        rows: usize,
+        cached: Array2<f32>,
+        freqs: Vec<f32>,
+    },
+}
+
 /// Token table, scale, position table, `layernorm_embedding`.
 pub(crate) struct Embed {
     tokens: Array2<f32>,
     scale: f32,
-    positions: Option<Array2<f32>>,
+    positions: Option<PosTable>,
     norm: Option<Norm>,
 }
 
@@ -236,9 +253,14 @@ impl Embed {
             positions: match e.positions {
                 Positions::None => None,
                 Positions::Sinusoidal => {
-                    Some(spec::sinusoidal_table(max_positions + spec::PAD + 1, d))
+                    let rows = max_positions.saturating_add(spec::PAD + 1);
+                    Some(PosTable::Sinusoidal {
+                        rows,
+                        cached: spec::sinusoidal_table(rows.min(CACHED_POSITION_ROWS), d),
+                        freqs: spec::sinusoidal_freqs(d),
+                    })
                 }
-                Positions::Learned(t) => Some(t),
+                Positions::Learned(t) => Some(PosTable::Learned(t)),
             },
             norm: e.layernorm.as_ref().map(Norm::of),
         }
@@ -253,9 +275,25 @@ impl Embed {
         } else {
             out.extend(row.iter());
         }
-        if let Some(p) = &self.positions {
-            for (o, p) in out[start..].iter_mut().zip(p.row(pos)) {
+        let add = |out: &mut [f32], row: &[f32]| {
+            for (o, p) in out.iter_mut().zip(row) {
                 *o += p;
+            }
+        };
+        match &self.positions {
+            None => {}
+            Some(PosTable::Learned(t)) | Some(PosTable::Sinusoidal { cached: t, .. })
+                if pos < t.nrows() =>
+            {
+                for (o, p) in out[start..].iter_mut().zip(t.row(pos)) {
+                    *o += p;
+                }
+            }
+            Some(PosTable::Learned(_)) => {}
+            Some(PosTable::Sinusoidal { freqs, .. }) => {
+                let mut row = vec![0f32; out.len() - start];
+                spec::sinusoidal_row_with(freqs, pos, &mut row);
+                add(&mut out[start..], &row);
             }
         }
     }
@@ -269,7 +307,10 @@ impl Embed {
 
     /// Number of position rows (positions are `PAD + 1 + k`).
     pub(crate) fn position_rows(&self) -> Option<usize> {
-        self.positions.as_ref().map(Array2::nrows)
+        self.positions.as_ref().map(|p| match p {
+            PosTable::Learned(t) => t.nrows(),
+            PosTable::Sinusoidal { rows, .. } => *rows,
+        })
     }
 }
 
@@ -554,7 +595,9 @@ fn exp_sum(row: &[f32], max: f32) -> f32 {
 mod tests {
     #[test]
     fn fast_exp_sum_is_within_a_few_ulp_of_libm() {
-        let row: Vec<f32> = (0..1000).map(|i| ((i * 37) % 1000) as f32 * -0.05 + 3.0).collect();
+        let row: Vec<f32> = (0..1000)
+            .map(|i| ((i * 37) % 1000) as f32 * -0.05 + 3.0)
+            .collect();
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let want: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
         let got = super::exp_sum(&row, max) as f64;

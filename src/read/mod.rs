@@ -335,6 +335,8 @@ impl Checkpoint {
                     ))
                 }
             };
+            file.check(&t)
+                .map_err(|e| ReadError::new(path, format!("tensor {name}: {e}")))?;
             let key = (
                 t.storage.clone(),
                 t.offset,

@@ -69,7 +69,9 @@ pub enum PickleError {
     Invalid { msg: String, offset: usize },
     #[error("pickle nests deeper than {MAX_DEPTH} levels")]
     TooDeep,
-    #[error("pickle expands to more than {0} bytes of values (too many shared references)")]
+    #[error(
+        "pickle needs more than {0} bytes of memory to unpickle (shared references or copies)"
+    )]
     TooLarge(usize),
     /// An error raised by the caller's persistent_load.
     #[error("{0}")]
@@ -188,19 +190,35 @@ pub fn parse_prefix(
         stack: Vec::new(),
         marks: Vec::new(),
         memo: HashMap::new(),
-        budget: BUDGET_BASE.saturating_add(data.len().saturating_mul(BUDGET_PER_BYTE)),
+        budget: budget_for(data.len()),
         on_path: Vec::new(),
     };
     let value = vm.run(persistent_load)?;
     Ok((value, vm.input.pos))
 }
 
-/// Expansion budget, in approximate bytes of produced values: shared references are unfolded
-/// into copies, so a small hostile pickle could otherwise expand exponentially.
+/// The budget of a pickle of `len` bytes.
+fn budget_for(len: usize) -> usize {
+    BUDGET_BASE.saturating_add(len.saturating_mul(BUDGET_PER_BYTE))
+}
+
+/// Memory budget, in approximate bytes: everything the VM allocates is charged to it while
+/// parsing (each value pushed, container built, reference copied by DUP / GET / memo PUT,
+/// and the item lists that `tuple(list)`, `dict(pairs)`, REDUCE arguments ... copy), and
+/// again while unfolding shared references into the tree. Without it a small hostile pickle
+/// expands exponentially (shared references) or quadratically (copying opcodes).
+/// 256 MiB plus 16 bytes per input byte: a real checkpoint's pickle (fairseq 0.12 with
+/// optimizer history: a few hundred KB) uses a few MB; a 20 MB pickle stops at 576 MiB.
 const BUDGET_BASE: usize = 256 << 20;
-const BUDGET_PER_BYTE: usize = 64;
-/// Approximate cost of one value besides its string / bytes payload.
-const VALUE_COST: usize = 64;
+const BUDGET_PER_BYTE: usize = 16;
+/// Cost of one value besides its string / bytes payload.
+const VALUE_COST: usize = std::mem::size_of::<Value>();
+/// Cost of one reference to a value (a stack, memo or container slot).
+const REF_COST: usize = std::mem::size_of::<V>();
+/// Cost of one leaf on the arena: the value and its `Rc` header.
+const LEAF_COST: usize = VALUE_COST + 16;
+/// Cost of one container on the arena, besides its slots.
+const NODE_COST: usize = std::mem::size_of::<Node>();
 
 // ---------------------------------------------------------------------------------------------
 // Internal representation while parsing
@@ -404,14 +422,15 @@ impl Vm<'_> {
                     self.pop_mark(at)?;
                 }
                 op::DUP => {
+                    self.charge(REF_COST)?;
                     let top = self.top(at)?.clone();
                     self.stack.push(top);
                 }
 
                 // Scalars
-                op::NONE => self.push_leaf(Value::None),
-                op::NEWTRUE => self.push_leaf(Value::Bool(true)),
-                op::NEWFALSE => self.push_leaf(Value::Bool(false)),
+                op::NONE => self.push_leaf(Value::None)?,
+                op::NEWTRUE => self.push_leaf(Value::Bool(true))?,
+                op::NEWFALSE => self.push_leaf(Value::Bool(false))?,
                 op::INT => {
                     let line = self.input.line()?;
                     let v = match line {
@@ -419,30 +438,30 @@ impl Vm<'_> {
                         b"01" => Value::Bool(true),
                         _ => parse_decimal(line, at)?,
                     };
-                    self.push_leaf(v);
+                    self.push_leaf(v)?;
                 }
                 op::LONG => {
                     let line = self.input.line()?;
                     let digits = line.strip_suffix(b"L").unwrap_or(line);
                     let v = parse_decimal(digits, at)?;
-                    self.push_leaf(v);
+                    self.push_leaf(v)?;
                 }
                 op::BININT => {
                     let v = i32::from_le_bytes(self.input.array()?);
-                    self.push_leaf(Value::Int(v.into()));
+                    self.push_leaf(Value::Int(v.into()))?;
                 }
                 op::BININT1 => {
                     let v = self.input.u8()?;
-                    self.push_leaf(Value::Int(v.into()));
+                    self.push_leaf(Value::Int(v.into()))?;
                 }
                 op::BININT2 => {
                     let v = u16::from_le_bytes(self.input.array()?);
-                    self.push_leaf(Value::Int(v.into()));
+                    self.push_leaf(Value::Int(v.into()))?;
                 }
                 op::LONG1 => {
                     let n = self.input.u8()? as usize;
                     let bytes = self.input.take(n)?;
-                    self.push_leaf(int_from_le(bytes));
+                    self.push_leaf(int_from_le(bytes))?;
                 }
                 op::LONG4 => {
                     let n = i32::from_le_bytes(self.input.array()?);
@@ -451,26 +470,26 @@ impl Vm<'_> {
                     }
                     let n = self.input.len_u64(n as u64)?;
                     let bytes = self.input.take(n)?;
-                    self.push_leaf(int_from_le(bytes));
+                    self.push_leaf(int_from_le(bytes))?;
                 }
                 op::FLOAT => {
                     let line = self.input.line()?;
                     let text = std::str::from_utf8(line).unwrap_or("");
                     match text.trim().parse::<f64>() {
-                        Ok(f) => self.push_leaf(Value::Float(f)),
+                        Ok(f) => self.push_leaf(Value::Float(f))?,
                         Err(_) => return invalid("bad FLOAT literal", at),
                     }
                 }
                 op::BINFLOAT => {
                     let v = f64::from_be_bytes(self.input.array()?);
-                    self.push_leaf(Value::Float(v));
+                    self.push_leaf(Value::Float(v))?;
                 }
 
                 // Strings and bytes
                 op::STRING => {
                     let line = self.input.line()?;
                     let bytes = unquote_string(line, at)?;
-                    self.push_leaf(py2_str(bytes));
+                    self.push_leaf(py2_str(bytes))?;
                 }
                 op::BINSTRING => {
                     let n = i32::from_le_bytes(self.input.array()?);
@@ -479,47 +498,47 @@ impl Vm<'_> {
                     }
                     let n = self.input.len_u64(n as u64)?;
                     let bytes = self.input.take(n)?.to_vec();
-                    self.push_leaf(py2_str(bytes));
+                    self.push_leaf(py2_str(bytes))?;
                 }
                 op::SHORT_BINSTRING => {
                     let n = self.input.u8()? as usize;
                     let bytes = self.input.take(n)?.to_vec();
-                    self.push_leaf(py2_str(bytes));
+                    self.push_leaf(py2_str(bytes))?;
                 }
                 op::UNICODE => {
                     let line = self.input.line()?;
                     let s = raw_unicode_escape(line, at)?;
-                    self.push_leaf(Value::Str(s));
+                    self.push_leaf(Value::Str(s))?;
                 }
                 op::BINUNICODE | op::SHORT_BINUNICODE | op::BINUNICODE8 => {
                     let n = self.read_len(code)?;
                     let bytes = self.input.take(n)?;
                     match std::str::from_utf8(bytes) {
-                        Ok(s) => self.push_leaf(Value::Str(s.to_owned())),
+                        Ok(s) => self.push_leaf(Value::Str(s.to_owned()))?,
                         Err(_) => return invalid("invalid UTF-8 in unicode string", at),
                     }
                 }
                 op::BINBYTES | op::SHORT_BINBYTES | op::BINBYTES8 | op::BYTEARRAY8 => {
                     let n = self.read_len(code)?;
                     let bytes = self.input.take(n)?.to_vec();
-                    self.push_leaf(Value::Bytes(bytes));
+                    self.push_leaf(Value::Bytes(bytes))?;
                 }
 
                 // Containers
-                op::EMPTY_TUPLE => self.push_node(Node::Tuple(Vec::new())),
+                op::EMPTY_TUPLE => self.push_node(Node::Tuple(Vec::new()))?,
                 op::TUPLE => {
                     let items = self.pop_mark(at)?;
-                    self.push_node(Node::Tuple(items));
+                    self.push_node(Node::Tuple(items))?;
                 }
                 op::TUPLE1 | op::TUPLE2 | op::TUPLE3 => {
                     let n = (code - op::TUPLE1 + 1) as usize;
                     let items = self.pop_n(n, at)?;
-                    self.push_node(Node::Tuple(items));
+                    self.push_node(Node::Tuple(items))?;
                 }
-                op::EMPTY_LIST => self.push_node(Node::List(Vec::new())),
+                op::EMPTY_LIST => self.push_node(Node::List(Vec::new()))?,
                 op::LIST => {
                     let items = self.pop_mark(at)?;
-                    self.push_node(Node::List(items));
+                    self.push_node(Node::List(items))?;
                 }
                 op::APPEND => {
                     let item = self.pop(at)?;
@@ -529,11 +548,11 @@ impl Vm<'_> {
                     let items = self.pop_mark(at)?;
                     self.extend_list(items, at)?;
                 }
-                op::EMPTY_DICT => self.push_node(Node::Dict(Vec::new())),
+                op::EMPTY_DICT => self.push_node(Node::Dict(Vec::new()))?,
                 op::DICT => {
                     let items = self.pop_mark(at)?;
                     let pairs = pairs_of(items, at)?;
-                    self.push_node(Node::Dict(pairs));
+                    self.push_node(Node::Dict(pairs))?;
                 }
                 op::SETITEM => {
                     let items = self.pop_n(2, at)?;
@@ -545,7 +564,7 @@ impl Vm<'_> {
                     let pairs = pairs_of(items, at)?;
                     self.extend_dict(pairs, at)?;
                 }
-                op::EMPTY_SET => self.push_node(Node::Set(Vec::new())),
+                op::EMPTY_SET => self.push_node(Node::Set(Vec::new()))?,
                 op::ADDITEMS => {
                     let items = self.pop_mark(at)?;
                     let target = self.top(at)?.clone();
@@ -556,7 +575,7 @@ impl Vm<'_> {
                 }
                 op::FROZENSET => {
                     let items = self.pop_mark(at)?;
-                    self.push_node(Node::Set(items));
+                    self.push_node(Node::Set(items))?;
                 }
 
                 // Memo
@@ -596,7 +615,7 @@ impl Vm<'_> {
                     let module = utf8_line(self.input.line()?, at)?;
                     let name = utf8_line(self.input.line()?, at)?;
                     let g = global(module, name, at)?;
-                    self.push_leaf(g);
+                    self.push_leaf(g)?;
                 }
                 op::STACK_GLOBAL => {
                     let name = self.pop(at)?;
@@ -606,7 +625,7 @@ impl Vm<'_> {
                         return invalid("STACK_GLOBAL needs two strings", at);
                     };
                     let g = global(module.to_owned(), name.to_owned(), at)?;
-                    self.push_leaf(g);
+                    self.push_leaf(g)?;
                 }
                 op::REDUCE => {
                     let args = self.pop(at)?;
@@ -664,14 +683,14 @@ impl Vm<'_> {
                 op::PERSID => {
                     let pid = utf8_line(self.input.line()?, at)?;
                     let v = persistent_load(Value::Str(pid))?;
-                    let v = self.lift(v);
+                    let v = self.lift(v)?;
                     self.stack.push(v);
                 }
                 op::BINPERSID => {
                     let pid = self.pop(at)?;
                     let pid = self.unfold_value(&pid)?;
                     let v = persistent_load(pid)?;
-                    let v = self.lift(v);
+                    let v = self.lift(v)?;
                     self.stack.push(v);
                 }
 
@@ -728,18 +747,28 @@ impl Vm<'_> {
         }
     }
 
-    fn push_leaf(&mut self, v: Value) {
+    fn push_leaf(&mut self, v: Value) -> Result<()> {
+        self.charge(LEAF_COST + REF_COST + payload(&v))?;
         self.stack.push(leaf(v));
+        Ok(())
     }
 
-    fn new_node(&mut self, node: Node) -> V {
+    /// A container onto the arena, charged for itself and its slots.
+    fn new_node(&mut self, node: Node) -> Result<V> {
+        let slots = match &node {
+            Node::List(items) | Node::Tuple(items) | Node::Set(items) => items.len(),
+            Node::Dict(pairs) => 2 * pairs.len(),
+            Node::Object { args, .. } => args.len() + 1,
+        };
+        self.charge(NODE_COST + REF_COST + slots.saturating_mul(REF_COST))?;
         self.nodes.push(node);
-        V::Node(self.nodes.len() - 1)
+        Ok(V::Node(self.nodes.len() - 1))
     }
 
-    fn push_node(&mut self, node: Node) {
-        let v = self.new_node(node);
+    fn push_node(&mut self, node: Node) -> Result<()> {
+        let v = self.new_node(node)?;
         self.stack.push(v);
+        Ok(())
     }
 
     fn node(&self, v: &V) -> Option<&Node> {
@@ -786,12 +815,14 @@ impl Vm<'_> {
     }
 
     fn put(&mut self, idx: usize, at: usize) -> Result<()> {
+        self.charge(4 * REF_COST)?;
         let top = self.top(at)?.clone();
         self.memo.insert(idx, top);
         Ok(())
     }
 
     fn get(&mut self, idx: usize, at: usize) -> Result<()> {
+        self.charge(REF_COST)?;
         match self.memo.get(&idx) {
             Some(v) => {
                 self.stack.push(v.clone());
@@ -826,25 +857,25 @@ impl Vm<'_> {
                     ("OrderedDict", Some(items)) => self.pairs_from(items, at)?,
                     _ => Vec::new(),
                 };
-                Ok(self.new_node(Node::Dict(pairs)))
+                self.new_node(Node::Dict(pairs))
             }
             (_, "dict") if builtin => {
                 let pairs = match args.first() {
                     Some(items) => self.pairs_from(items, at)?,
                     None => Vec::new(),
                 };
-                Ok(self.new_node(Node::Dict(pairs)))
+                self.new_node(Node::Dict(pairs))
             }
             (_, "set" | "frozenset" | "list" | "tuple") if builtin => {
                 let items = match args.first() {
                     Some(items) => self.items_of(items, at)?,
                     None => Vec::new(),
                 };
-                Ok(self.new_node(match name.as_str() {
+                self.new_node(match name.as_str() {
                     "list" => Node::List(items),
                     "tuple" => Node::Tuple(items),
                     _ => Node::Set(items),
-                }))
+                })
             }
             ("_codecs", "encode") => {
                 let text = args.first().and_then(|a| self.leaf_str(a));
@@ -897,22 +928,22 @@ impl Vm<'_> {
             }
             ("copyreg" | "copy_reg", "_reconstructor") => match args.first() {
                 Some(V::Leaf(cls)) => match cls.as_ref() {
-                    Value::Global { module, name } => Ok(self.new_node(Node::Object {
+                    Value::Global { module, name } => self.new_node(Node::Object {
                         module: module.clone(),
                         name: name.clone(),
                         args: Vec::new(),
                         state: None,
-                    })),
+                    }),
                     _ => invalid("_reconstructor of a non-class", at),
                 },
                 _ => invalid("_reconstructor of a non-class", at),
             },
-            _ => Ok(self.new_node(Node::Object {
+            _ => self.new_node(Node::Object {
                 module,
                 name,
                 args,
                 state: None,
-            })),
+            }),
         }
     }
 
@@ -942,16 +973,16 @@ impl Vm<'_> {
     // --- conversion -------------------------------------------------------------------------
 
     /// A caller-supplied value (from persistent_load) onto the arena.
-    fn lift(&mut self, v: Value) -> V {
+    fn lift(&mut self, v: Value) -> Result<V> {
         let node = match v {
-            Value::List(items) => Node::List(items.into_iter().map(|i| self.lift(i)).collect()),
-            Value::Tuple(items) => Node::Tuple(items.into_iter().map(|i| self.lift(i)).collect()),
-            Value::Set(items) => Node::Set(items.into_iter().map(|i| self.lift(i)).collect()),
+            Value::List(items) => Node::List(self.lift_all(items)?),
+            Value::Tuple(items) => Node::Tuple(self.lift_all(items)?),
+            Value::Set(items) => Node::Set(self.lift_all(items)?),
             Value::Dict(pairs) => Node::Dict(
                 pairs
                     .into_iter()
-                    .map(|(k, v)| (self.lift(k), self.lift(v)))
-                    .collect(),
+                    .map(|(k, v)| Ok((self.lift(k)?, self.lift(v)?)))
+                    .collect::<Result<_>>()?,
             ),
             Value::Object {
                 module,
@@ -961,12 +992,19 @@ impl Vm<'_> {
             } => Node::Object {
                 module,
                 name,
-                args: args.into_iter().map(|a| self.lift(a)).collect(),
-                state: state.map(|s| self.lift(*s)),
+                args: self.lift_all(args)?,
+                state: state.map(|s| self.lift(*s)).transpose()?,
             },
-            other => return leaf(other),
+            other => {
+                self.charge(LEAF_COST + payload(&other))?;
+                return Ok(leaf(other));
+            }
         };
         self.new_node(node)
+    }
+
+    fn lift_all(&mut self, items: Vec<Value>) -> Result<Vec<V>> {
+        items.into_iter().map(|i| self.lift(i)).collect()
     }
 
     /// Unfold a stack entry into a plain tree (see the module doc for cycles and limits).
@@ -1010,13 +1048,7 @@ impl Vm<'_> {
     fn enter(&mut self, v: &V, on_path: &mut [bool], depth: usize) -> Result<Entered> {
         let idx = match v {
             V::Leaf(l) => {
-                let payload = match l.as_ref() {
-                    Value::Str(s) => s.len(),
-                    Value::Bytes(b) | Value::BigInt(b) => b.len(),
-                    Value::Tensor(t) => 16 * t.shape.len(),
-                    _ => 0,
-                };
-                self.charge(VALUE_COST + payload)?;
+                self.charge(VALUE_COST + payload(l))?;
                 return Ok(Entered::Value(l.as_ref().clone()));
             }
             V::Node(i) => *i,
@@ -1085,10 +1117,19 @@ impl Vm<'_> {
                 self.budget = left;
                 Ok(())
             }
-            None => Err(PickleError::TooLarge(BUDGET_BASE.saturating_add(
-                self.input.data.len().saturating_mul(BUDGET_PER_BYTE),
-            ))),
+            None => Err(PickleError::TooLarge(budget_for(self.input.data.len()))),
         }
+    }
+}
+
+/// Heap bytes a value owns besides itself (strings, bytes, a tensor's shape and strides).
+fn payload(v: &Value) -> usize {
+    match v {
+        Value::Str(s) => s.len(),
+        Value::Bytes(b) | Value::BigInt(b) => b.len(),
+        Value::Tensor(t) => 16 * t.shape.len() + t.storage.len(),
+        Value::Storage(s) => s.key.len() + s.location.len(),
+        _ => 0,
     }
 }
 

@@ -140,46 +140,26 @@ impl TorchFile {
         self.physical
     }
 
-    /// Contiguous copy of a tensor (honours storage offset and strides: views and transposes),
-    /// checking every range against the storage. Contiguous tensors of mapped storages are
-    /// returned as a range of the map without copying.
-    pub fn tensor(&self, t: &TensorRef) -> Result<RawTensor> {
+    /// Check a tensor's view against its storage without reading it: ranks agree, the
+    /// element count does not overflow, every element lies inside the storage, and a view
+    /// that repeats its storage (a stride-0 `expand`, overlapping strides) stays small when
+    /// materialised. Returns the element count.
+    pub fn check(&self, t: &TensorRef) -> Result<usize> {
         let storage = self
             .storages
             .get(&t.storage)
             .ok_or_else(|| TorchError::MissingStorage(t.storage.clone()))?;
+        check_view(t, storage.as_slice().len())
+    }
+
+    /// Contiguous copy of a tensor (honours storage offset and strides: views and transposes),
+    /// checking every range against the storage. Contiguous tensors of mapped storages are
+    /// returned as a range of the map without copying.
+    pub fn tensor(&self, t: &TensorRef) -> Result<RawTensor> {
+        let n = self.check(t)?;
+        let storage = &self.storages[&t.storage];
         let elem = t.dtype.size();
-        let bad = |msg: String| Err(TorchError::Tensor(msg));
-        if t.shape.len() != t.stride.len() {
-            return bad(format!(
-                "shape {:?} and stride {:?} differ in rank",
-                t.shape, t.stride
-            ));
-        }
-        let Some(n) = numel(&t.shape) else {
-            return bad(format!("shape {:?} overflows", t.shape));
-        };
         let raw = storage.as_slice();
-        let available = raw.len() / elem;
-        if n > 0 {
-            // Highest element touched, checked against the storage.
-            let last = t
-                .shape
-                .iter()
-                .zip(&t.stride)
-                .try_fold(t.offset, |acc, (&d, &s)| {
-                    (d - 1).checked_mul(s).and_then(|x| acc.checked_add(x))
-                });
-            match last {
-                Some(last) if last < available => {}
-                _ => {
-                    return bad(format!(
-                    "view (offset {}, shape {:?}, stride {:?}) exceeds storage {} of {} elements",
-                    t.offset, t.shape, t.stride, t.storage, available
-                ))
-                }
-            }
-        }
         let new = |bytes: Bytes| {
             RawTensor::new(t.dtype, t.shape.clone(), bytes).map_err(TorchError::Tensor)
         };
@@ -224,6 +204,55 @@ impl TorchFile {
             }
         }
     }
+}
+
+/// Largest materialised size of a view that repeats its storage (more elements than the
+/// storage range it spans): such a view is read as the copy it stands for up to this size,
+/// refused beyond, so a stride-0 `expand` of one element to 1e9 never takes gigabytes.
+pub const MAX_REPEATED_VIEW_BYTES: usize = 64 << 20;
+
+/// See [`TorchFile::check`]; `storage_bytes` is the storage's length in bytes.
+fn check_view(t: &TensorRef, storage_bytes: usize) -> Result<usize> {
+    let bad = |msg: String| Err(TorchError::Tensor(msg));
+    if t.shape.len() != t.stride.len() {
+        return bad(format!(
+            "shape {:?} and stride {:?} differ in rank",
+            t.shape, t.stride
+        ));
+    }
+    let elem = t.dtype.size();
+    let Some(n) = numel(&t.shape).filter(|n| n.checked_mul(elem).is_some()) else {
+        return bad(format!("shape {:?} overflows", t.shape));
+    };
+    if n == 0 {
+        return Ok(0);
+    }
+    let available = storage_bytes / elem;
+    // Highest element touched, checked against the storage.
+    let last = t
+        .shape
+        .iter()
+        .zip(&t.stride)
+        .try_fold(t.offset, |acc, (&d, &s)| {
+            (d - 1).checked_mul(s).and_then(|x| acc.checked_add(x))
+        });
+    let Some(last) = last.filter(|&l| l < available) else {
+        return bad(format!(
+            "view (offset {}, shape {:?}, stride {:?}) exceeds storage {} of {} elements",
+            t.offset, t.shape, t.stride, t.storage, available
+        ));
+    };
+    let span = last - t.offset + 1;
+    if n > span && n * elem > MAX_REPEATED_VIEW_BYTES {
+        return bad(format!(
+            "view (shape {:?}, stride {:?}) repeats {span} stored elements as {n}: \
+             refusing to materialise {} bytes",
+            t.shape,
+            t.stride,
+            n * elem
+        ));
+    }
+    Ok(n)
 }
 
 /// C-contiguous, ignoring the stride of size-1 dimensions.
@@ -315,11 +344,21 @@ fn zip_err(e: zip::result::ZipError) -> TorchError {
     TorchError::Zip(e.to_string())
 }
 
-/// An entry's bytes: a range of the map when stored, a copy when compressed.
+/// Bytes that compressed zip entries may inflate to, in all: 256 MiB plus four times the
+/// archive's size. torch writes its entries stored (uncompressed, read in place from the
+/// map); a re-compressed checkpoint of float weights deflates by far less than 4:1, while
+/// a hostile entry can claim (and deflate to) a thousand times its size.
+fn inflate_budget(archive_len: usize) -> u64 {
+    (256u64 << 20).saturating_add((archive_len as u64).saturating_mul(4))
+}
+
+/// An entry's bytes: a range of the map when stored, a copy when compressed (inflated up to
+/// its declared size, which must fit in what is left of `budget`).
 fn zip_entry(
     zip: &mut zip::ZipArchive<Cursor<&[u8]>>,
     map: &Arc<Mmap>,
     name: &str,
+    budget: &mut u64,
 ) -> Result<Option<Bytes>> {
     let Some(index) = zip.index_for_name(name) else {
         return Ok(None);
@@ -342,8 +381,17 @@ fn zip_entry(
             len: len as usize,
         }));
     }
-    let mut out = Vec::new();
     let expected = file.size();
+    if expected > *budget {
+        return Err(TorchError::Zip(format!(
+            "entry {name} declares {expected} bytes once inflated ({} compressed), more than \
+             the {} bytes allowed for compressed entries of this archive",
+            file.compressed_size(),
+            inflate_budget(map.len())
+        )));
+    }
+    *budget -= expected;
+    let mut out = Vec::with_capacity(expected as usize);
     (&mut file)
         .take(expected)
         .read_to_end(&mut out)
@@ -360,6 +408,7 @@ fn zip_entry(
 fn read_zip(map: Arc<Mmap>) -> Result<TorchFile> {
     let data: &[u8] = &map;
     let mut zip = zip::ZipArchive::new(Cursor::new(data)).map_err(zip_err)?;
+    let mut budget = inflate_budget(data.len());
     let pkl_name = zip
         .file_names()
         .filter(|n| *n == "data.pkl" || n.ends_with("/data.pkl"))
@@ -368,7 +417,7 @@ fn read_zip(map: Arc<Mmap>) -> Result<TorchFile> {
         .ok_or_else(|| TorchError::Format("zip archive has no data.pkl".into()))?;
     let prefix = &pkl_name[..pkl_name.len() - "data.pkl".len()];
 
-    if let Some(order) = zip_entry(&mut zip, &map, &format!("{prefix}byteorder"))? {
+    if let Some(order) = zip_entry(&mut zip, &map, &format!("{prefix}byteorder"), &mut budget)? {
         let order = String::from_utf8_lossy(order.as_slice()).trim().to_owned();
         if order != "little" {
             return format_err(format!(
@@ -377,7 +426,7 @@ fn read_zip(map: Arc<Mmap>) -> Result<TorchFile> {
         }
     }
 
-    let pkl = zip_entry(&mut zip, &map, &pkl_name)?.expect("listed entry");
+    let pkl = zip_entry(&mut zip, &map, &pkl_name, &mut budget)?.expect("listed entry");
     // Key → bytes needed, for every storage the pickle references.
     let mut wanted: HashMap<String, usize> = HashMap::new();
     let root = pickle::parse(pkl.as_slice(), &mut |pid| {
@@ -406,7 +455,7 @@ fn read_zip(map: Arc<Mmap>) -> Result<TorchFile> {
 
     let mut storages = HashMap::new();
     for (key, need) in wanted {
-        let bytes = zip_entry(&mut zip, &map, &format!("{prefix}data/{key}"))?
+        let bytes = zip_entry(&mut zip, &map, &format!("{prefix}data/{key}"), &mut budget)?
             .ok_or_else(|| TorchError::MissingStorage(key.clone()))?;
         let have = bytes.as_slice().len();
         if have < need {

@@ -3,6 +3,7 @@
 //! tables when present; plus the fairseq model arguments that rebuild it
 //! (`load_state_dict(strict=True)` into `TransformerModel.build_model`).
 
+use super::torch::Py;
 use crate::spec::*;
 use crate::tensor::{DType, RawTensor};
 use crate::transform::cast::{self, CastStats};
@@ -149,5 +150,101 @@ pub fn fairseq_args(m: &Model) -> Map<String, Value> {
     match v {
         Value::Object(o) => o,
         _ => Map::new(),
+    }
+}
+
+/// A dict that is also a Namespace: `collections.OrderedDict(items)` with
+/// the same pairs as attributes (pickle BUILD). fairseq reads `cfg['model']`
+/// by key, `ct2-fairseq-converter` by attribute, and
+/// `torch.load(weights_only=True)` accepts both (no class is pickled).
+fn attr_dict(pairs: Vec<(String, Py)>) -> Py {
+    let items = pairs
+        .iter()
+        .map(|(k, v)| Py::Tuple(vec![Py::Str(k.clone()), v.clone()]))
+        .collect();
+    let state = pairs.into_iter().map(|(k, v)| (Py::Str(k), v)).collect();
+    Py::Reduce {
+        module: "collections".into(),
+        name: "OrderedDict".into(),
+        args: vec![Py::List(items)],
+        state: Some(Box::new(Py::Dict(state))),
+    }
+}
+
+fn dict(pairs: Vec<(&str, Py)>) -> Py {
+    Py::Dict(pairs.into_iter().map(|(k, v)| (Py::str(k), v)).collect())
+}
+
+/// `m` as a fairseq 0.12 checkpoint object (`torch.save` layout): `args`
+/// None, `cfg` plain nested dicts (`cfg['model']` an attribute-carrying
+/// OrderedDict, see [`attr_dict`]), `model` the state dict in `dtype` with
+/// tied tables sharing one storage, and the optimizer history / extra
+/// state fairseq's loader expects. No pickled classes, so
+/// `torch.load(weights_only=True)` reads it.
+pub fn checkpoint(m: &Model, dtype: DType) -> (Py, CastStats) {
+    let mut sd = state_dict(m, dtype);
+    tie(&mut sd.tensors, m.tying);
+    let mut args: Vec<(String, Py)> = fairseq_args(m)
+        .iter()
+        .map(|(k, v)| (k.clone(), Py::from_json(v)))
+        .collect();
+    args.push(("_name".into(), Py::str("transformer")));
+    args.push(("task".into(), Py::str("translation")));
+    let cfg = dict(vec![
+        ("_name", Py::None),
+        ("common", dict(vec![("_name", Py::None)])),
+        ("model", attr_dict(args)),
+        (
+            "task",
+            dict(vec![
+                ("_name", Py::str("translation")),
+                ("data", Py::str("")),
+            ]),
+        ),
+    ]);
+    let history = Py::List(vec![dict(vec![
+        ("criterion_name", Py::str("CrossEntropyCriterion")),
+        ("optimizer_name", Py::str("FairseqAdam")),
+        ("lr_scheduler_state", dict(vec![("best", Py::None)])),
+        ("num_updates", Py::Int(0)),
+    ])]);
+    let model = Py::OrderedDict(
+        sd.tensors
+            .into_iter()
+            .map(|(k, t)| (Py::Str(k), Py::Tensor(t)))
+            .collect(),
+    );
+    let top = dict(vec![
+        ("args", Py::None),
+        ("cfg", cfg),
+        ("model", model),
+        ("optimizer_history", history),
+        (
+            "extra_state",
+            dict(vec![("train_iterator", dict(vec![("epoch", Py::Int(0))]))]),
+        ),
+        ("last_optimizer_state", Py::None),
+    ]);
+    (top, sd.stats)
+}
+
+/// Make tied tables one tensor again (one storage in the `.pt`).
+fn tie(tensors: &mut [(String, RawTensor)], t: Tying) {
+    let find = |ts: &[(String, RawTensor)], n: &str| ts.iter().position(|(k, _)| k == n);
+    let mut share = |from: &str, to: &str| {
+        if let (Some(a), Some(b)) = (find(tensors, from), find(tensors, to)) {
+            if tensors[a].1.shape == tensors[b].1.shape {
+                tensors[b].1 = tensors[a].1.clone();
+            }
+        }
+    };
+    if t.encoder_decoder {
+        share("encoder.embed_tokens.weight", "decoder.embed_tokens.weight");
+    }
+    if t.decoder_output {
+        share(
+            "decoder.embed_tokens.weight",
+            "decoder.output_projection.weight",
+        );
     }
 }

@@ -4,7 +4,9 @@
 //! is written to a temporary file beside its destination and renamed into
 //! place ([`atomic_write`]), so a failed run never leaves half a file.
 
+pub mod ct2;
 pub mod fairseq;
+pub mod output;
 pub mod safetensors;
 pub mod torch;
 
@@ -37,13 +39,15 @@ pub fn atomic_write(
         .sync_all()
         .with_context(|| format!("{}: sync failed", path.display()))?;
     // Temporary files are created rw------- ; give the output the permissions of
-    // the file it replaces, else rw-r--r--.
+    // the file it replaces, else rw-rw-rw- under the umask (usually rw-r--r--).
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(path)
+            .ok()
+            .filter(|m| m.is_file())
             .map(|m| m.permissions().mode() & 0o777)
-            .unwrap_or(0o644);
+            .unwrap_or_else(file_mode);
         let _ = tmp
             .as_file()
             .set_permissions(std::fs::Permissions::from_mode(mode));
@@ -52,4 +56,17 @@ pub fn atomic_write(
         .map_err(|e| e.error)
         .with_context(|| format!("{}: cannot move the output into place", path.display()))?;
     Ok(())
+}
+
+/// The mode a new file gets: 0666 under the process umask (0644 with the
+/// usual umask 022). The umask is read from `/proc/self/status`, else 022.
+pub fn file_mode() -> u32 {
+    let umask = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("Umask:"))?;
+            u32::from_str_radix(line["Umask:".len()..].trim(), 8).ok()
+        })
+        .unwrap_or(0o022);
+    0o666 & !umask
 }

@@ -14,7 +14,7 @@ fn s(p: &Path) -> &str {
 }
 
 /// Every tensor of `a` equals `b`'s: same names in the same order, dtype, shape and bytes.
-fn assert_bit_identical(a: &Path, b: &Path) {
+pub(crate) fn assert_bit_identical(a: &Path, b: &Path) {
     let x = Checkpoint::open(a).expect("open a");
     let y = Checkpoint::open(b).expect("open b");
     let names = |c: &Checkpoint| c.entries.iter().map(|e| e.name.clone()).collect::<Vec<_>>();

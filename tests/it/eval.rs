@@ -28,10 +28,24 @@ fn eval_ok(args: &[&str]) -> String {
     stdout(&o)
 }
 
+/// Runs eval, asserts success, returns the hypotheses (stdout) followed by
+/// the summary (stderr when the hypotheses are on stdout).
+fn eval_both(args: &[&str]) -> String {
+    let o = eval(args);
+    assert!(
+        o.status.success(),
+        "eval {args:?} failed ({:?}):\n{}\n{}",
+        o.status.code(),
+        stdout(&o),
+        stderr(&o)
+    );
+    stdout(&o) + &stderr(&o)
+}
+
 type Lines = BTreeMap<usize, Vec<(String, String)>>;
 
 /// `PREFIX-id\trest` lines of a fairseq-generate style text, per id, in order.
-fn tagged(text: &str, tag: &str) -> BTreeMap<usize, Vec<String>> {
+pub(crate) fn tagged(text: &str, tag: &str) -> BTreeMap<usize, Vec<String>> {
     let mut out: BTreeMap<usize, Vec<String>> = BTreeMap::new();
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix(&format!("{tag}-")) {
@@ -67,7 +81,7 @@ fn hyps(text: &str) -> Lines {
 /// PyTorch/MKL sum in different orders), P- scores within one unit of the
 /// printed 4th decimal (a value next to a rounding boundary may print
 /// either way).
-fn assert_same_as_fairseq(ours: &str, fairseq_file: &str) {
+pub(crate) fn assert_same_as_fairseq(ours: &str, fairseq_file: &str) {
     let theirs = std::fs::read_to_string(fixture(fairseq_file)).unwrap();
     assert_same_lines(ours, &theirs, fairseq_file);
 }
@@ -232,7 +246,7 @@ fn admin08_from_text_files() {
 
 #[test]
 fn postln012_sacrebleu_and_base2_scores() {
-    let out = eval_ok(&[
+    let out = eval_both(&[
         &f("postln-fairseq012/checkpoint_best.pt"),
         "--data",
         &f("data-bin"),
@@ -246,8 +260,6 @@ fn postln012_sacrebleu_and_base2_scores() {
         "--fairseq-format",
         "--score-base",
         "2",
-        "-o",
-        "/dev/stdout",
         "--expect-fairseq",
         &f("postln-fairseq012/generate-best.sacrebleu.txt"),
     ]);
@@ -268,7 +280,7 @@ fn postln012_sacrebleu_and_base2_scores() {
 
 #[test]
 fn postln012_nbest4_without_bpe_removal() {
-    let out = eval_ok(&[
+    let out = eval_both(&[
         &f("postln-fairseq012/checkpoint_best.pt"),
         "--data",
         &f("data-bin"),
@@ -281,8 +293,6 @@ fn postln012_nbest4_without_bpe_removal() {
         "2",
         "--scoring",
         "sacrebleu",
-        "-o",
-        "/dev/stdout",
         "--expect-fairseq",
         &f("postln-fairseq012/generate-best.nbest4.nobpe.txt"),
     ]);
@@ -465,7 +475,7 @@ fn ort_backend_gives_the_same_hypotheses() {
     if !ort_available() {
         return;
     }
-    let out = eval_ok(&[
+    let out = eval_both(&[
         &f("admin-fairseq08/checkpoint_best.pt"),
         "--data",
         &f("data-bin-fairseq08"),
@@ -475,8 +485,6 @@ fn ort_backend_gives_the_same_hypotheses() {
         "--backend",
         "ort",
         "--fairseq-format",
-        "-o",
-        "/dev/stdout",
         "--expect-fairseq",
         &f("admin-fairseq08/generate-best.txt"),
     ]);
@@ -615,13 +623,11 @@ fn every_generate_fixture() {
             "--fairseq-format",
             "--score-base",
             base,
-            "-o",
-            "/dev/stdout",
             "--expect-fairseq",
             &expect,
         ];
         args.extend_from_slice(flags);
-        let out = eval_ok(&args);
+        let out = eval_both(&args);
         assert_same_as_fairseq(
             &out,
             expect.strip_prefix(&f("")).unwrap().trim_start_matches('/'),

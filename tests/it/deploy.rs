@@ -1,0 +1,241 @@
+//! Deployment formats run in their real runtimes (CPU):
+//!
+//! - `export --ct2`: every fixture family decoded by the `ctranslate2`
+//!   Python package (tests/check_ct2.py) gives fairseq-generate's
+//!   hypotheses for all 200 test sentences: beam 4 with lenpen 1 and 0.6,
+//!   and greedy. int8 / float16 agreement is reported, not asserted.
+//! - `fold -o X.pt`: `torch.load(weights_only=True)` reads it, ties are
+//!   one storage, `ct2-fairseq-converter` converts it without
+//!   `--unsafe_deserialization`, and stock fairseq-generate decodes it
+//!   identically (tests/check_fairseq_pt.py; needs torch + fairseq).
+//!
+//! With ADMIN_CONVERT_REQUIRE_ORT=1 a missing `ctranslate2` fails the
+//! test; with ADMIN_CONVERT_REQUIRE_FAIRSEQ=1 a missing torch/fairseq does.
+
+use crate::common::*;
+use std::path::{Path, PathBuf};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// $ADMIN_CONVERT_PYTHON (else ./.venv) when it imports `modules`.
+fn python_with(modules: &str, require_var: &str) -> Option<PathBuf> {
+    let p = std::env::var_os("ADMIN_CONVERT_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".venv/bin/python"));
+    let ok = std::process::Command::new(&p)
+        .args(["-c", &format!("import {modules}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        return Some(p);
+    }
+    assert!(
+        std::env::var(require_var).as_deref() != Ok("1"),
+        "python with {modules} required ({require_var}=1; run scripts/setup-python.sh)"
+    );
+    eprintln!("note: no python with {modules}; skipping");
+    None
+}
+
+/// One fixture family: checkpoint, dictionaries and reference decodes
+/// (file, beam, lenpen, scores in base 2).
+struct Family {
+    ckpt: &'static str,
+    dicts: &'static str,
+    refs: &'static [(&'static str, u32, f32, bool)],
+}
+
+const FAMILIES: &[Family] = &[
+    Family {
+        ckpt: "admin-fairseq08",
+        dicts: "data-bin-fairseq08",
+        refs: &[
+            ("generate-best.txt", 4, 1.0, false),
+            ("generate-best.lenpen06.txt", 4, 0.6, false),
+            ("generate-best.beam1.txt", 1, 1.0, false),
+        ],
+    },
+    Family {
+        ckpt: "admintorch-fairseq012",
+        dicts: "data-bin",
+        refs: &[
+            ("generate-best.txt", 4, 1.0, true),
+            ("generate-best.lenpen06.txt", 4, 0.6, true),
+            ("generate-best.beam1.txt", 1, 1.0, true),
+        ],
+    },
+    Family {
+        ckpt: "postln-fairseq012",
+        dicts: "data-bin",
+        refs: &[
+            ("generate-best.txt", 4, 1.0, true),
+            ("generate-best.lenpen06.txt", 4, 0.6, true),
+            ("generate-best.beam1.txt", 1, 1.0, true),
+        ],
+    },
+];
+
+fn export_ct2(f: &Family, dir: &Path, quant: &str) {
+    let c = fixture(&format!("{}/checkpoint_best.pt", f.ckpt));
+    let d = fixture(f.dicts);
+    let o = run(&[
+        "export",
+        c.to_str().expect("utf-8"),
+        "--ct2",
+        "--quantization",
+        quant,
+        "-o",
+        dir.to_str().expect("utf-8"),
+        "--dict-dir",
+        d.to_str().expect("utf-8"),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("fold check"), "{}", stdout(&o));
+}
+
+/// Run tests/check_ct2.py; returns its JSON report.
+fn check_ct2(
+    py: &Path,
+    dir: &Path,
+    reference: &Path,
+    r: &(&str, u32, f32, bool),
+) -> serde_json::Value {
+    let mut cmd = std::process::Command::new(py);
+    cmd.arg(root().join("tests/check_ct2.py"))
+        .arg(dir)
+        .arg(fixture("corpus/bpe/test.src"))
+        .arg(reference)
+        .args(["--beam", &r.1.to_string(), "--lenpen", &r.2.to_string()]);
+    if r.3 {
+        cmd.arg("--base2");
+    }
+    let o = cmd.output().expect("python runs");
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+#[test]
+fn ct2_export_decodes_like_fairseq_generate_for_every_family() {
+    let Some(py) = python_with("ctranslate2", "ADMIN_CONVERT_REQUIRE_ORT") else {
+        return;
+    };
+    for f in FAMILIES {
+        let d = tempfile::tempdir().expect("tempdir");
+        export_ct2(f, d.path(), "float32");
+        for r in f.refs {
+            let rep = check_ct2(&py, d.path(), &fixture(&format!("{}/{}", f.ckpt, r.0)), r);
+            eprintln!("{} {} (beam {}, lenpen {}): {rep}", f.ckpt, r.0, r.1, r.2);
+            assert_eq!(rep["agree"], rep["total"], "{} {}: {rep}", f.ckpt, r.0);
+            assert_eq!(rep["total"], 200);
+            // Scores of equal hypotheses agree to float32 accumulation error.
+            let diff = rep["max_score_diff"].as_f64().expect("number");
+            assert!(diff < 2e-3, "{} {}: score diff {diff}", f.ckpt, r.0);
+        }
+    }
+}
+
+#[test]
+fn ct2_quantized_exports_run_and_report_agreement() {
+    let Some(py) = python_with("ctranslate2", "ADMIN_CONVERT_REQUIRE_ORT") else {
+        return;
+    };
+    let f = &FAMILIES[0];
+    for q in ["int8", "float16", "int8_float32"] {
+        let d = tempfile::tempdir().expect("tempdir");
+        export_ct2(f, d.path(), q);
+        let r = &f.refs[0];
+        let rep = check_ct2(&py, d.path(), &fixture(&format!("{}/{}", f.ckpt, r.0)), r);
+        // Reported, not asserted: quantization may change a few hypotheses.
+        eprintln!(
+            "{} --quantization {q}: {}/{} agree",
+            f.ckpt, rep["agree"], rep["total"]
+        );
+        assert_eq!(rep["total"], 200);
+    }
+}
+
+#[test]
+fn ct2_export_refuses_a_missing_dictionary_and_a_bad_quantization() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let c = fixture("postln-fairseq012/checkpoint_best.pt");
+    let out = d.path().join("m");
+    let o = run(&[
+        "export",
+        c.to_str().expect("utf-8"),
+        "--ct2",
+        "-o",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--dict-dir"), "{}", stderr(&o));
+    let dicts = fixture("data-bin");
+    let o = run(&[
+        "export",
+        c.to_str().expect("utf-8"),
+        "--ct2",
+        "--quantization",
+        "int4",
+        "-o",
+        out.to_str().expect("utf-8"),
+        "--dict-dir",
+        dicts.to_str().expect("utf-8"),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("int8_float16"), "{}", stderr(&o));
+    assert!(!out.exists());
+}
+
+#[test]
+fn fold_pt_loads_in_stock_fairseq_torch_weights_only_and_ct2_converter() {
+    let Some(py) = python_with(
+        "torch, fairseq, ctranslate2",
+        "ADMIN_CONVERT_REQUIRE_FAIRSEQ",
+    ) else {
+        return;
+    };
+    for (ckpt, dicts, reference, base2) in [
+        (
+            "admin-fairseq08",
+            "data-bin-fairseq08",
+            "generate-best.txt",
+            false,
+        ),
+        ("postln-fairseq012", "data-bin", "generate-best.txt", true),
+    ] {
+        let d = tempfile::tempdir().expect("tempdir");
+        let out = d.path().join("folded.pt");
+        let c = fixture(&format!("{ckpt}/checkpoint_best.pt"));
+        let o = run(&[
+            "fold",
+            c.to_str().expect("utf-8"),
+            "-o",
+            out.to_str().expect("utf-8"),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let mut cmd = std::process::Command::new(&py);
+        cmd.arg(root().join("tests/check_fairseq_pt.py"))
+            .arg(&out)
+            .arg(fixture(dicts))
+            .arg(fixture(&format!("{ckpt}/{reference}")))
+            .arg(d.path().join("ct2"));
+        if base2 {
+            cmd.arg("--base2");
+        }
+        let o = cmd.output().expect("python runs");
+        let text = String::from_utf8_lossy(&o.stdout).to_string();
+        assert!(
+            o.status.success(),
+            "{text}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        eprintln!("{ckpt}: {text}");
+        assert!(text.contains("fairseq-generate: 200/200"), "{text}");
+    }
+}
