@@ -15,9 +15,10 @@
 # Without a GPU (or with CPU_ONLY=1) it runs the CPU half only, from the
 # tests' .venv (scripts/setup-python.sh) and PEER_PYTHON's ctranslate2.
 #
-# PEER_PYTHON (default ../peer/bin/python) needs torch + fairseq +
-# ctranslate2: it converts the checkpoints for CTranslate2 and builds the
-# 32k model; without it those rows are skipped (noted).
+# CTranslate2 models are written by `admin-convert export --ct2`.
+# PEER_PYTHON (default ../peer/bin/python) needs torch + fairseq: it builds
+# the 32k model (random weights) and, on a CPU-only machine, runs
+# CTranslate2; without it those rows are skipped (noted).
 #
 # Environment: BIN (an admin-convert binary; default: cargo build --release),
 # N (sentences of the 32k model's set, default 100), BATCH (32), THREADS
@@ -50,7 +51,7 @@ else
 fi
 peer=0
 if [ -n "$py" ] && "$py" -c 'import fairseq, ctranslate2' 2>/dev/null; then peer=1; fi
-[ $peer = 1 ] || echo "note: no Python with fairseq + ctranslate2: CTranslate2 rows and the 32k model skipped" >&2
+[ $peer = 1 ] || echo "note: no Python with fairseq + ctranslate2: the 32k model skipped" >&2
 runpy=$root/.venv/bin/python # runs CTranslate2 (CPU half)
 if [ $gpu = 1 ]; then
   venv=${DEVICE_VENV:-$root/.venv-device}
@@ -73,7 +74,7 @@ PY
   ORT_DYLIB_PATH=$(ls "$("$venv/bin/python" -c 'import onnxruntime, os; print(os.path.dirname(onnxruntime.__file__))')"/capi/libonnxruntime.so.* | head -1)
   export ORT_DYLIB_PATH
   "$venv/bin/python" -c 'import onnxruntime as o; p = o.get_available_providers(); print("onnxruntime", o.__version__, p); assert "CUDAExecutionProvider" in p'
-elif [ $peer = 1 ]; then
+elif [ -n "$py" ] && "$py" -c 'import ctranslate2' 2>/dev/null; then
   runpy=$py
 fi
 "$runpy" -c 'import ctranslate2' 2>/dev/null || runpy=""
@@ -199,9 +200,10 @@ for spec in "${models[@]}"; do
     eval_row "$name" cuda-ort-fp32 --backend ort --device cuda
     eval_row "$name" cuda-ort-fp16 --backend ort --device cuda --fp16
   fi
-  if [ $peer = 1 ] && [ -n "$runpy" ]; then
-    "$(dirname "$py")/ct2-fairseq-converter" --model_path "$ckpt" --data_dir "$data" \
-      --output_dir "$work/ct2-$name" --unsafe_deserialization --force >/dev/null 2>&1 || true
+  if [ -n "$runpy" ]; then
+    # CTranslate2 directory written by admin-convert itself (no fairseq).
+    "$bin" export "$ckpt" --ct2 -o "$work/ct2-$name" --dict-dir "$data" --force >/dev/null 2>"$work/err" ||
+      row "$name" ct2-export - - - "failed: $(tail -1 "$work/err")"
     if [ -d "$work/ct2-$name" ]; then
       ct2_row "$name" ct2-cpu-int8 cpu int8
       if [ $gpu = 1 ]; then
