@@ -494,36 +494,49 @@ pub(crate) fn activate(x: &mut [f32], act: Activation) {
     }
 }
 
-/// `out[hd] = softmax(q · kⱼ) · vⱼ` over keys given by `key(j)` / `value(j)`
-/// slices; `probs` is scratch of at least `n` entries.
-pub(crate) fn attend<'a>(
+/// Attention of one query row over every head in one pass:
+/// `out[h] = softmax(q[h] · kⱼ[h]) · vⱼ[h]` for the `heads` slices of width
+/// `d / heads` of `q`, of the key rows `key(j)` and value rows `value(j)`
+/// (`j < n`, whole `d`-wide rows, each fetched once for all heads).
+/// `probs` is scratch (`heads × n`). Each head's arithmetic is the same as
+/// one head at a time (same dot products, same order of sums over `j`):
+/// only the loops are exchanged.
+pub(crate) fn attend_heads<'a>(
     q: &[f32],
+    heads: usize,
     n: usize,
     key: impl Fn(usize) -> &'a [f32],
     value: impl Fn(usize) -> &'a [f32],
     probs: &mut Vec<f32>,
     out: &mut [f32],
 ) {
+    let hd = q.len() / heads;
     probs.clear();
-    let mut max = f32::NEG_INFINITY;
+    probs.resize(heads * n, 0.0);
+    let mut max = vec![f32::NEG_INFINITY; heads];
     for j in 0..n {
-        let s = dot(q, key(j));
-        max = max.max(s);
-        probs.push(s);
+        let k = key(j);
+        for h in 0..heads {
+            let s = dot(&q[h * hd..][..hd], &k[h * hd..][..hd]);
+            max[h] = max[h].max(s);
+            probs[h * n + j] = s;
+        }
     }
-    let mut sum = 0.0f32;
-    for p in probs.iter_mut() {
-        *p = (*p - max).exp();
-        sum += *p;
+    let mut sum = vec![0.0f32; heads];
+    for h in 0..heads {
+        for p in probs[h * n..][..n].iter_mut() {
+            *p = (*p - max[h]).exp();
+            sum[h] += *p;
+        }
     }
     out.fill(0.0);
-    if n == 0 {
-        return;
-    }
-    for (j, p) in probs.iter().enumerate() {
-        let p = p / sum;
-        for (o, v) in out.iter_mut().zip(value(j)) {
-            *o += p * v;
+    for j in 0..n {
+        let v = value(j);
+        for h in 0..heads {
+            let p = probs[h * n + j] / sum[h];
+            for (o, v) in out[h * hd..][..hd].iter_mut().zip(&v[h * hd..][..hd]) {
+                *o += p * v;
+            }
         }
     }
 }
