@@ -147,23 +147,8 @@ pub fn report(
         }
     }
     let mut scales = Vec::new();
-    for (i, l) in w.encoder_layers.iter().enumerate() {
-        scales.extend(stats(
-            format!("encoder.{i}.self_attn"),
-            &l.self_attn.residual,
-        ));
-        scales.extend(stats(format!("encoder.{i}.ffn"), &l.ffn.residual));
-    }
-    for (i, l) in w.decoder_layers.iter().enumerate() {
-        scales.extend(stats(
-            format!("decoder.{i}.self_attn"),
-            &l.self_attn.residual,
-        ));
-        scales.extend(stats(
-            format!("decoder.{i}.cross_attn"),
-            &l.cross_attn.residual,
-        ));
-        scales.extend(stats(format!("decoder.{i}.ffn"), &l.ffn.residual));
+    for sub in rec.model.weights.sublayers() {
+        scales.extend(stats(sub.name(), sub.residual));
     }
     let positions = match (&w.encoder_embed.positions, c.no_token_positional_embeddings) {
         (Positions::Learned(_), _) => "learned",

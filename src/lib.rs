@@ -6,13 +6,14 @@
 //! | step | module | what it does |
 //! |---|---|---|
 //! | read | [`read`] | torch `.pt` (zip and legacy pickle, never executed) and `.safetensors` → named [`tensor::RawTensor`]s + config values |
-//! | recognise | [`recognise`] | names + shapes + config → one typed [`spec::Model`] (family, naming, hyper-parameters, weights) |
+//! | model | [`spec`] | the typed [`spec::Model`] and its rules (`spec/rules.rs`: validation, LayerNorm ε, position tables, the walk over sublayers) |
+//! | recognise | [`recognise`] | names + shapes + config → one [`spec::Model`]: `hparams` (flags, presets, validated config), `naming` (one table entry per attention naming), `family` (one table entry per residual family) |
 //! | transform | [`transform`] | fold residual scales (`fold`), dtype conversion with accounting (`cast`), streaming `average` |
 //! | write | [`write`] | fairseq 0.12 state dicts, safetensors, atomic output files; where outputs go and what they may never touch ([`write::output`]) |
 //! | export | [`export`] | ONNX encoder / incremental decoder / teacher-forced graphs, fp32 and fp16 |
 //! | run | [`runtime`], [`native`] | one `Backend` trait: the graphs on tract (pure Rust) or onnxruntime (CPU, CUDA), or the native engine (pure Rust, straight from the weights, the fastest on the CPU) |
 //! | decode | [`decode`] | beam search with fairseq-generate's semantics, length-grouped batching |
-//! | score | [`score`], [`verify`] | teacher-forced log-probs; measuring two models against each other |
+//! | score | [`score`], [`verify`] | teacher-forced log-probs; the fold self-check (original, then folded, on the native engine) |
 //! | text | [`data`], [`metrics`] | dictionaries, binarized datasets, finding test sets and dictionaries for every command ([`data::locate`]), BPE removal; fairseq BLEU and sacreBLEU |
 //! | report | [`inspect`], [`cli`] | `admin-convert inspect` and the command line |
 //!

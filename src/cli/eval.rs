@@ -82,7 +82,8 @@ pub struct EvalArgs {
     pub compare_fp16: bool,
     /// Backend for the --compare model (default: --backend).
     #[arg(long)]
-    pub compare_backend: Option<String>,
+    #[arg(value_enum)]
+    pub compare_backend: Option<super::model::BackendKind>,
     /// Also decode the same model on the native engine in this compute type
     /// (int8, bfloat16, auto); report both BLEU, identical hypotheses, max
     /// |Δ score| and max |Δ log-prob| of our hypotheses under teacher forcing.
@@ -107,35 +108,35 @@ pub struct EvalArgs {
 #[derive(Args, Debug, Clone)]
 pub struct DecodeArgs {
     /// Beam width.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, allow_negative_numbers = true, value_parser = super::in_range(1, super::MAX_BEAM))]
     pub beam: usize,
     /// Hypotheses printed per sentence.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true, value_parser = super::in_range(1, super::MAX_BEAM))]
     pub nbest: usize,
     /// Length penalty: score = sum / len^lenpen.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true, value_parser = super::finite)]
     pub lenpen: f64,
     /// Subtracted from the <unk> log-probability.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = super::finite)]
     pub unkpen: f64,
     /// At most a·S + b target tokens, S the padded source width of the batch.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true, value_parser = super::finite)]
     pub max_len_a: f64,
-    #[arg(long, default_value_t = 200)]
-    pub max_len_b: usize,
+    #[arg(long, default_value_t = 200, allow_negative_numbers = true)]
+    pub max_len_b: i64,
     /// No EOS before this many tokens.
-    #[arg(long, default_value_t = 1)]
-    pub min_len: usize,
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
+    pub min_len: i64,
     /// Do not divide scores by len^lenpen.
     #[arg(long)]
     pub unnormalized: bool,
     /// Sentences per batch (fairseq --batch-size / --max-sentences).
-    #[arg(long, alias = "max-sentences")]
+    #[arg(long, alias = "max-sentences", allow_negative_numbers = true, value_parser = super::in_range(1, super::MAX_BATCH))]
     pub batch_size: Option<usize>,
     /// Tokens per batch (default 12000 when --batch-size is absent, like fairseq).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::in_range(1, super::MAX_TOKENS))]
     pub max_tokens: Option<usize>,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, allow_negative_numbers = true, value_parser = super::in_range(1, super::MAX_BATCH))]
     pub required_batch_size_multiple: usize,
     /// Join subwords before printing and scoring: subword_nmt (default), sentencepiece, ...
     #[arg(long, num_args = 0..=1, default_missing_value = "subword_nmt", value_name = "MODE")]
@@ -184,14 +185,14 @@ pub enum ScoreBase {
 }
 
 impl ScoreBase {
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             ScoreBase::E => "e",
             ScoreBase::Two => "2",
         }
     }
     /// fairseq's conversion of a float32 natural-log score.
-    fn convert(self, x: f32) -> f32 {
+    pub fn convert(self, x: f32) -> f32 {
         match self {
             ScoreBase::E => x,
             ScoreBase::Two => x / std::f32::consts::LN_2,
@@ -255,7 +256,7 @@ fn load_test_set(a: &EvalArgs, data: Option<&Path>, stored: Option<Dicts>) -> Re
         .src
         .as_ref()
         .expect("data_dir gives a directory unless --src");
-    let dicts = text_dictionaries(a.dict_dir.as_deref(), &q, stored)?;
+    let dicts = text_dictionaries(a.dict_dir.as_deref(), &q, stored, &a.model)?;
     let src: Vec<Vec<i64>> = read_lines(src_path)?
         .iter()
         .map(|l| {
@@ -308,19 +309,25 @@ fn check_vocab(backend: &dyn Backend, set: &TestSet, what: &Path) -> Result<()> 
 }
 
 /// The dictionaries for text input: `--dict-dir` (the pair from `q`), else
-/// those stored with the model.
+/// those stored with the model, else those of the data directory the model
+/// records ([`locate::find_data_dir`]).
 pub fn text_dictionaries(
     dict_dir: Option<&Path>,
     q: &Query,
     stored: Option<Dicts>,
+    model: &Path,
 ) -> Result<Dicts> {
     match (dict_dir, stored) {
         (Some(d), _) => locate::dicts_in(d, q),
         (None, Some(d)) => Ok(d),
-        (None, None) => bail!(
-            "no dictionaries: give --dict-dir (a directory with dict.SRC.txt and dict.TGT.txt) \
-             or export the model with its dictionaries"
-        ),
+        (None, None) => match locate::find_data_dir(None, model, q)? {
+            DataSource::Dir(d) => locate::dicts_in(&d, q),
+            DataSource::None(_) => bail!(
+                "{}: no dictionaries (none stored in the model, no recorded data directory found): \
+                 give --dict-dir (a directory with dict.SRC.txt and dict.TGT.txt)",
+                model.display()
+            ),
+        },
     }
 }
 
@@ -438,6 +445,20 @@ fn decode(
         if let Some(bar) = &bar {
             show_speed(bar, done_sents, done_tokens, start);
         }
+    })
+    .with_context(|| {
+        // Name the files: decoding errors (a source longer than the model's
+        // positions, a token outside its vocabulary) do not know them.
+        let input = match (&a.src, &a.data) {
+            (Some(src), _) => src.display().to_string(),
+            (None, Some(data)) => format!(
+                "{} ({} split)",
+                data.display(),
+                set.split.as_deref().unwrap_or(&a.subset)
+            ),
+            (None, None) => "the test set".into(),
+        };
+        format!("{}: decoding {input}", a.model.display())
     })?;
     let seconds = start.elapsed().as_secs_f64();
     if let Some(bar) = bar {
@@ -904,16 +925,16 @@ fn compare(
         (None, None) => return Ok(None),
         (Some(other), None) => {
             runtime.fp16 |= a.compare_fp16;
-            if let Some(b) = &a.compare_backend {
-                runtime.backend = b.clone();
-            } else if runtime.fp16 && runtime.backend == "native" {
+            if let Some(b) = a.compare_backend {
+                runtime.backend = b;
+            } else if runtime.fp16 && runtime.backend == super::model::BackendKind::Native {
                 // The native engine is float32: fp16 runs on the graphs.
-                runtime.backend = "auto".into();
+                runtime.backend = super::model::BackendKind::Auto;
             }
             other
         }
         (None, Some(ct)) => {
-            runtime.backend = "native".into();
+            runtime.backend = super::model::BackendKind::Native;
             runtime.compute_type = ct;
             &a.model
         }

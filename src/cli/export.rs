@@ -93,16 +93,7 @@ fn output_dir(a: &ExportArgs, kind: Kind) -> Result<PathBuf> {
 }
 
 fn run_onnx(a: ExportArgs) -> Result<ExitCode> {
-    let out = output::choose(a.output.as_deref(), &a.checkpoint, Kind::Onnx, a.force)?;
-    let mut inputs = vec![a.checkpoint.clone()];
-    if let Some(d) = &a.dict_dir {
-        inputs.extend(output::files_in(d));
-    }
-    output::check_dir(
-        &out,
-        &inputs.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
-        a.force,
-    )?;
+    let out = output_dir(&a, Kind::Onnx)?;
     let (ckpt, rec) = load(&a.checkpoint, &a.model)?;
     let q = Query::new(a.source_lang.as_deref(), a.target_lang.as_deref(), "test")?;
     let dicts = super::checkpoint_dicts(&ckpt, a.dict_dir.as_deref(), &q)?;

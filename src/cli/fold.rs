@@ -36,10 +36,11 @@ pub struct FoldArgs {
     #[arg(long)]
     force: bool,
     /// Largest acceptable max |Δ log-prob| between original and folded model.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = 1e-4, allow_negative_numbers = true,
+        value_parser = super::non_negative_f32)]
     tolerance: f32,
     /// Random probe sentence pairs used for the check (when no test data is given).
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, allow_negative_numbers = true, value_parser = super::in_range(1, super::MAX_PROBES))]
     probe_sentences: usize,
     /// Test sentences to check the fold on (random tokens when absent).
     #[command(flatten)]
@@ -56,13 +57,13 @@ pub struct FoldArgs {
 /// fairseq `.pt` by extension.
 fn output_path(a: &FoldArgs) -> Result<PathBuf> {
     let out = output::choose(a.output.as_deref(), &a.checkpoint, Kind::Folded, a.force)?;
-    output::format_of(&out)?;
     let mut inputs = a.input.input_files();
     inputs.push(a.checkpoint.clone());
     output::check_file(
         &out,
         &inputs.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
     )?;
+    output::format_of(&out)?;
     Ok(out)
 }
 

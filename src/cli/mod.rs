@@ -88,11 +88,11 @@ pub struct ModelArgs {
     #[arg(long)]
     pub arch: Option<String>,
     /// Attention heads (encoder and decoder).
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = in_range(1, MAX_HEADS))]
     pub heads: Option<usize>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = in_range(1, MAX_HEADS))]
     pub encoder_heads: Option<usize>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = in_range(1, MAX_HEADS))]
     pub decoder_heads: Option<usize>,
     /// Feed-forward activation: relu, gelu, gelu_accurate, tanh, linear, swish.
     #[arg(long, value_parser = parse_activation)]
@@ -106,6 +106,42 @@ pub struct ModelArgs {
     /// Residual family when the tensors cannot tell it (deep-net leaves no trace).
     #[arg(long, value_parser = parse_family)]
     pub family: Option<Family>,
+}
+
+// Upper bounds of numeric flags: far above any real use, low enough that
+// nothing sized by them can exhaust memory before the work starts.
+pub const MAX_BEAM: usize = 1024;
+pub const MAX_BATCH: usize = 1 << 20;
+pub const MAX_TOKENS: usize = 1 << 27;
+pub const MAX_THREADS: usize = 1024;
+pub const MAX_PROBES: usize = 100_000;
+pub const MAX_HEADS: usize = 4096;
+
+/// A clap value parser for an integer flag in `lo..=hi`.
+pub fn in_range(
+    lo: usize,
+    hi: usize,
+) -> impl Fn(&str) -> Result<usize, String> + Clone + Send + Sync + 'static {
+    move |s: &str| match s.trim().parse::<usize>() {
+        Ok(n) if (lo..=hi).contains(&n) => Ok(n),
+        _ => Err(format!("expected a whole number from {lo} to {hi}")),
+    }
+}
+
+/// A clap value parser for a finite float (negative allowed, as in fairseq).
+pub fn finite(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() => Ok(x),
+        _ => Err("expected a finite number".into()),
+    }
+}
+
+/// A clap value parser for a finite float ≥ 0.
+pub fn non_negative_f32(s: &str) -> Result<f32, String> {
+    match s.trim().parse::<f32>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        _ => Err("expected a finite number ≥ 0".into()),
+    }
 }
 
 fn parse_activation(s: &str) -> Result<Activation, String> {
@@ -169,9 +205,14 @@ pub fn checkpoint_dicts(ckpt: &Checkpoint, dir: Option<&Path>, q: &Query) -> Res
     }
 }
 
-/// Parse the command line and run the command.
+/// Parse the command line and run the command. `--help` and `--version`
+/// print and succeed; any other command-line mistake becomes one error line
+/// (clap's first line, without its usage dump) for `main` to print, exit 2.
 pub fn run() -> Result<ExitCode> {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let Some(command) = cli.command else {
         use clap::CommandFactory;
         print!("{}", Cli::command().render_help());
@@ -187,6 +228,32 @@ pub fn run() -> Result<ExitCode> {
         Command::Eval(a) => eval::run(*a),
         Command::Translate(a) => translate::run(*a),
         Command::MergeShards(a) => merge::run(a),
+    }
+}
+
+fn usage_error(e: clap::Error) -> Result<ExitCode> {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            e.print()?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => Err(anyhow!(
+            "a command is required: inspect, fold, export, score, average, cast or eval (see admin-convert --help)"
+        )),
+        _ => {
+            // The paragraph before the usage dump, e.g. "the following required
+            // arguments were not provided:\n  <CHECKPOINT>", joined into one line.
+            let text = e.render().to_string();
+            let first: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let first = first.join(" ");
+            let first = first.strip_prefix("error: ").unwrap_or(&first);
+            Err(anyhow!("{first} (see --help)"))
+        }
     }
 }
 

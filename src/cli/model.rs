@@ -20,11 +20,11 @@ pub struct RuntimeArgs {
     /// fastest on the CPU), tract (pure Rust, CPU, runs the ONNX graphs) or
     /// ort (onnxruntime, CPU or CUDA). auto: native for a checkpoint, tract
     /// for an export directory or --fp16, ort for --device cuda.
-    #[arg(long, default_value = "auto")]
-    pub backend: String,
+    #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
+    pub backend: BackendKind,
     /// cpu, or cuda[:N] (onnxruntime only; fails loudly if CUDA cannot be used).
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    #[arg(long, default_value = "cpu", value_parser = parse_device)]
+    pub device: Device,
     /// onnxruntime shared library (else ORT_DYLIB_PATH, else the Python onnxruntime package).
     #[arg(long)]
     pub ort_lib: Option<PathBuf>,
@@ -33,7 +33,7 @@ pub struct RuntimeArgs {
     pub fp16: bool,
     /// Threads: onnxruntime intra-op threads, native engine threads
     /// (default: every CPU). tract runs on one thread.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true, value_parser = super::in_range(1, super::MAX_THREADS))]
     pub threads: Option<usize>,
     /// Precision of the native engine's linear maps: float32, int8 (per-row
     /// scales), bfloat16 (CPUs with AVX512_BF16) or auto (the fastest that
@@ -48,15 +48,46 @@ pub struct Opened {
     pub dicts: Option<Dicts>,
 }
 
-fn parse_device(s: &str) -> Result<Device> {
+/// `--backend`: which engine runs the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// native for a checkpoint, tract for an export directory or --fp16, ort for CUDA.
+    Auto,
+    Native,
+    Tract,
+    #[value(alias = "onnxruntime")]
+    Ort,
+}
+
+impl BackendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Auto => "auto",
+            BackendKind::Native => "native",
+            BackendKind::Tract => "tract",
+            BackendKind::Ort => "ort",
+        }
+    }
+}
+
+/// `--device`: `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(s: &str) -> Result<Device, String> {
     Ok(match s {
         "cpu" => Device::Cpu,
         "cuda" => Device::Cuda { device_id: 0 },
         _ => match s.strip_prefix("cuda:").and_then(|n| n.parse().ok()) {
-            Some(device_id) => Device::Cuda { device_id },
-            None => bail!("unknown --device {s} (cpu, cuda, cuda:N)"),
+            Some(device_id) if device_id >= 0 => Device::Cuda { device_id },
+            _ => return Err(format!("unknown device {s:?} (cpu, cuda, cuda:N)")),
         },
     })
+}
+
+/// The `--device` spelling of `d`.
+pub fn device_name(d: Device) -> String {
+    match d {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda { device_id } => format!("cuda:{device_id}"),
+    }
 }
 
 /// The dictionaries an export directory carries: `dict.*.txt` files, else
@@ -92,12 +123,12 @@ pub fn dictionaries_in_graph(path: &Path) -> Result<Option<Dicts>> {
     }
 }
 
-/// The backend `--backend` names, `auto` resolved.
-pub fn resolve_backend<'a>(path: &Path, rt: &'a RuntimeArgs) -> &'a str {
-    match rt.backend.as_str() {
-        "auto" if rt.device != "cpu" => "ort",
-        "auto" if path.is_dir() || rt.fp16 => "tract",
-        "auto" => "native",
+/// The backend `--backend` names, `auto` resolved (never `Auto`).
+pub fn resolve_backend(path: &Path, rt: &RuntimeArgs) -> BackendKind {
+    match rt.backend {
+        BackendKind::Auto if rt.device != Device::Cpu => BackendKind::Ort,
+        BackendKind::Auto if path.is_dir() || rt.fp16 => BackendKind::Tract,
+        BackendKind::Auto => BackendKind::Native,
         other => other,
     }
 }
@@ -110,12 +141,12 @@ pub fn open(path: &Path, model: &ModelArgs, rt: &RuntimeArgs) -> Result<Opened> 
         Precision::Fp32
     };
     let name = resolve_backend(path, rt);
-    let native = name == "native";
+    let native = name == BackendKind::Native;
     if native {
-        if rt.device != "cpu" {
+        if rt.device != Device::Cpu {
             bail!(
                 "--backend native runs on the CPU only; use --backend ort for --device {}",
-                rt.device
+                device_name(rt.device)
             );
         }
         if rt.fp16 {
@@ -168,25 +199,26 @@ pub fn open(path: &Path, model: &ModelArgs, rt: &RuntimeArgs) -> Result<Opened> 
     };
     let graphs = || source.clone().expect("graphs exported above unless native");
     let backend: Box<dyn Backend> = match name {
-        "tract" => {
-            if rt.device != "cpu" {
+        BackendKind::Tract => {
+            if rt.device != Device::Cpu {
                 bail!(
                     "--backend tract runs on the CPU only; use --backend ort for --device {}",
-                    rt.device
+                    device_name(rt.device)
                 );
             }
             Box::new(TractBackend::new(graphs())?)
         }
-        "ort" | "onnxruntime" => Box::new(OrtBackend::new(
+        BackendKind::Ort => Box::new(OrtBackend::new(
             graphs(),
             OrtOptions {
                 lib: rt.ort_lib.clone(),
-                device: parse_device(&rt.device)?,
+                device: rt.device,
                 threads: rt.threads,
             },
         )?),
-        "native" => Box::new(native_backend.expect("built above for a checkpoint")),
-        other => bail!("unknown --backend {other} (auto, native, tract, ort)"),
+        BackendKind::Native | BackendKind::Auto => {
+            Box::new(native_backend.expect("built above for a checkpoint"))
+        }
     };
     Ok(Opened { backend, dicts })
 }

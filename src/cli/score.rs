@@ -2,6 +2,7 @@
 //! `fairseq-generate --score-reference` (H- sentence score, P- per-token
 //! log-probs including EOS), in input order.
 
+use super::eval::ScoreBase;
 use super::model::{open, RuntimeArgs};
 use super::ModelArgs;
 use crate::data::locate::{self, DataSource, Dicts, Query};
@@ -22,11 +23,11 @@ pub struct ScoreArgs {
     data_dir: Option<PathBuf>,
     #[command(flatten)]
     input: DataArgs,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 64, allow_negative_numbers = true, value_parser = super::in_range(1, super::MAX_BATCH))]
     batch_size: usize,
     /// Log base of printed scores: e (natural, fairseq 0.8) or 2 (fairseq 0.12).
-    #[arg(long, default_value = "e")]
-    score_base: String,
+    #[arg(long, value_enum, default_value_t = ScoreBase::E)]
+    score_base: ScoreBase,
     /// Write here instead of stdout.
     #[arg(short, long)]
     output: Option<PathBuf>,
@@ -180,11 +181,7 @@ fn data_dir(a: &ScoreArgs, q: &Query) -> Result<Option<PathBuf>> {
 }
 
 pub fn run(a: ScoreArgs) -> Result<ExitCode> {
-    let base2 = match a.score_base.as_str() {
-        "e" => false,
-        "2" => true,
-        b => bail!("unknown --score-base {b} (e, 2)"),
-    };
+    let base2 = a.score_base == ScoreBase::Two;
     let q = a.input.query()?;
     let data = data_dir(&a, &q)?;
     let out_path = match &a.output {
@@ -219,7 +216,17 @@ pub fn run(a: ScoreArgs) -> Result<ExitCode> {
         &pairs.targets,
         a.batch_size,
         a.shard.shard()?,
-    )?;
+    )
+    .with_context(|| {
+        // Name the files: scoring errors (a reference longer than the model's
+        // positions) do not know them.
+        let files: Vec<String> = [&a.input.src, &a.input.reference, &a.input.data]
+            .into_iter()
+            .flatten()
+            .map(|p| p.display().to_string())
+            .collect();
+        format!("{}: scoring {}", a.model.display(), files.join(", "))
+    })?;
     let k = if base2 { std::f64::consts::LN_2 } else { 1.0 };
     let mut buf: Vec<u8> = vec![];
     let out = &mut buf;
@@ -245,7 +252,7 @@ pub fn run(a: ScoreArgs) -> Result<ExitCode> {
             serde_json::to_string_pretty(&serde_json::json!({
                 "sentences": scored.len(),
                 "tokens": ntok,
-                "score_base": a.score_base,
+                "score_base": a.score_base.name(),
                 "avg_token_logprob": total / ntok.max(1) as f64 / k,
                 "scores": sents,
             }))?

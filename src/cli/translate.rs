@@ -35,7 +35,7 @@ pub struct TranslateArgs {
     /// Source sentences, one per line, BPE'd as the model was trained; `-` or absent: stdin.
     pub input: Option<PathBuf>,
     /// Directory with dict.SRC.txt / dict.TGT.txt (default: the dictionaries
-    /// stored in an exported model).
+    /// stored with the model, else those of the data directory it records).
     #[arg(long)]
     pub dict_dir: Option<PathBuf>,
     /// Source language suffix of the dictionaries in --dict-dir.
@@ -93,7 +93,7 @@ pub fn run(mut a: TranslateArgs) -> Result<ExitCode> {
     let q = Query::new(a.source_lang.as_deref(), a.target_lang.as_deref(), "test")?;
     let opened = open(&a.model, &a.model_args, &a.runtime)?;
     let mut backend = opened.backend;
-    let dicts = text_dictionaries(a.dict_dir.as_deref(), &q, opened.dicts)?;
+    let dicts = text_dictionaries(a.dict_dir.as_deref(), &q, opened.dicts, &a.model)?;
     let info = backend.info();
     locate::check_vocab(&dicts, info.src_vocab, info.tgt_vocab, &a.model)?;
     let mut session = Session {

@@ -54,11 +54,14 @@ pub struct BeamOptions {
     /// `--unkpen`: subtracted from the `<unk>` log-probability at every step.
     pub unkpen: f64,
     /// `--max-len-a`, `--max-len-b`: at most `a·S + b` tokens before EOS,
-    /// `S` the padded source width of the batch (EOS included).
+    /// `S` the padded source width of the batch (EOS included). Negative
+    /// values are accepted, as by fairseq.
     pub max_len_a: f64,
-    pub max_len_b: usize,
-    /// `--min-len`: EOS is forbidden before this step.
-    pub min_len: usize,
+    pub max_len_b: i64,
+    /// `--min-len`: EOS is forbidden before this step (≤ 0: from the start).
+    /// Above the batch's `max_len`, fairseq-generate stops with "min_len
+    /// cannot be larger than max_len"; so does [`beam_search`], as an error.
+    pub min_len: i64,
     /// Divide by `len^lenpen` (`--unnormalized` turns it off).
     pub normalize_scores: bool,
 }
@@ -108,15 +111,48 @@ impl BeamOptions {
     }
 
     /// fairseq's `max_len` for a batch whose padded source width is `src_width`:
-    /// `min(int(a·S + b), max_decoder_positions − 1)`.
-    pub fn max_len(&self, src_width: usize, max_decoder_positions: Option<usize>) -> usize {
-        let len = self.max_len_a * src_width as f64 + self.max_len_b as f64;
-        // Python's int() truncates toward zero; a negative length means "EOS now".
-        let len = if len <= 0.0 { 0 } else { len as usize };
+    /// `min(int(a·S + b), max_decoder_positions − 1)` (negative when a or b is).
+    /// EOS is forced at step `max_len`.
+    pub fn max_len(&self, src_width: usize, max_decoder_positions: Option<usize>) -> i64 {
+        // Python's int() truncates toward zero; `as` saturates at the i64 range.
+        let len = (self.max_len_a * src_width as f64 + self.max_len_b as f64).trunc() as i64;
         match max_decoder_positions {
-            Some(m) => len.min(m.saturating_sub(1)),
+            Some(m) => len.min(i64::try_from(m).unwrap_or(i64::MAX) - 1),
             None => len,
         }
+    }
+
+    /// [`BeamOptions::max_len`], checked as fairseq-generate checks it: an
+    /// error when `--min-len` is above it (fairseq: "min_len cannot be larger
+    /// than max_len") or it is negative (fairseq runs no step at all).
+    pub fn checked_max_len(
+        &self,
+        src_width: usize,
+        max_decoder_positions: Option<usize>,
+    ) -> Result<usize> {
+        let max_len = self.max_len(src_width, max_decoder_positions);
+        let how = || {
+            let limit = max_decoder_positions
+                .map(|m| format!(", at most the model's {m} target positions − 1"))
+                .unwrap_or_default();
+            format!(
+                "int(--max-len-a {} × source width {src_width} + --max-len-b {}){limit}",
+                self.max_len_a, self.max_len_b
+            )
+        };
+        ensure!(
+            self.min_len <= max_len,
+            "--min-len {} is larger than the length limit {max_len} = {}; fairseq-generate \
+             refuses this too (min_len cannot be larger than max_len)",
+            self.min_len,
+            how()
+        );
+        usize::try_from(max_len).map_err(|_| {
+            anyhow::anyhow!(
+                "the length limit {max_len} = {} is negative: no hypothesis can be made",
+                how()
+            )
+        })
     }
 }
 
@@ -209,7 +245,9 @@ fn adjust(lprobs: &mut Array2<f32>, step: usize, max_len: usize, opts: &BeamOpti
                 }
             }
         }
-        if step < opts.min_len && eos < vocab {
+        // Also at step max_len: fairseq masks EOS there too, which is why it
+        // refuses min_len > max_len up front (see `checked_max_len`).
+        if (step as i64) < opts.min_len && eos < vocab {
             row[eos] = f32::NEG_INFINITY;
         }
     }
@@ -242,7 +280,7 @@ pub fn beam_search(
         }
     }
     let info = *backend.info();
-    let max_len = opts.max_len(width, info.max_target_positions);
+    let max_len = opts.checked_max_len(width, info.max_target_positions)?;
 
     let mut session = backend.begin(tokens.view())?;
     let mut sentences: Vec<Sentence> = (0..bsz)
@@ -314,7 +352,10 @@ pub fn beam_search(
                     positional_scores: positional,
                 });
             }
-            if sent.finalized.len() >= beam {
+            // fairseq's is_finished: `beam` hypotheses, or the step at
+            // max_len, where every live beam was forced to EOS (at step 0 that
+            // is one hypothesis: the single row's EOS).
+            if sent.finalized.len() >= beam || step >= max_len {
                 let mut hyps = std::mem::take(&mut sent.finalized);
                 // Stable: equal scores keep finalization order.
                 hyps.sort_by(|a, b| b.score.total_cmp(&a.score));

@@ -13,148 +13,17 @@ use crate::spec::{
     self, Activation, Embedding, FeedForward, LayerNorm, Linear, Model, Positions, Residual,
     Sublayer,
 };
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use ndarray::{concatenate, Array2, Axis};
 use tract_onnx::pb;
 
-/// fairseq's LayerNorm epsilon.
-pub const LN_EPS: f32 = 1e-5;
+/// Re-exported from [`crate::spec`], which owns the model's rules.
+pub use crate::spec::{validate, LN_EPS};
 
 const B: Dim = Dim::Sym("batch");
 const S: Dim = Dim::Sym("src_len");
 const T: Dim = Dim::Sym("tgt_len");
 const P: Dim = Dim::Sym("past_len");
-
-/// Checks that the weights have the shapes the graphs assume.
-pub fn validate(m: &Model) -> Result<()> {
-    let w = &m.weights;
-    let c = &m.config;
-    let de = w.encoder_embed.tokens.ncols();
-    let dd = w.decoder_embed.tokens.ncols();
-    ensure!(de > 0 && dd > 0, "empty embedding tables");
-    let he = c.encoder_attention_heads;
-    let hd = c.decoder_attention_heads;
-    ensure!(
-        he > 0 && de.is_multiple_of(he),
-        "encoder width {de} is not a multiple of {he} attention heads"
-    );
-    ensure!(
-        hd > 0 && dd.is_multiple_of(hd),
-        "decoder width {dd} is not a multiple of {hd} attention heads"
-    );
-    ensure!(
-        w.output_projection.ncols() == dd,
-        "output projection is {:?}, decoder width is {dd}",
-        w.output_projection.dim()
-    );
-    check_positions(&w.encoder_embed, "encoder")?;
-    check_positions(&w.decoder_embed, "decoder")?;
-    let lin = |l: &Linear, out: usize, inp: usize, what: &str| -> Result<()> {
-        ensure!(
-            l.weight.dim() == (out, inp),
-            "{what}: weight is {:?}, expected ({out}, {inp})",
-            l.weight.dim()
-        );
-        if let Some(b) = &l.bias {
-            ensure!(
-                b.len() == out,
-                "{what}: bias has {} entries, expected {out}",
-                b.len()
-            );
-        }
-        Ok(())
-    };
-    let ln = |n: &Option<LayerNorm>, d: usize, what: &str| -> Result<()> {
-        if let Some(n) = n {
-            ensure!(
-                n.gamma.len() == d && n.beta.len() == d,
-                "{what}: LayerNorm has {} / {} entries, expected {d}",
-                n.gamma.len(),
-                n.beta.len()
-            );
-        }
-        Ok(())
-    };
-    let res = |r: &Residual, d: usize, what: &str| -> Result<()> {
-        if let Some(o) = &r.omega {
-            ensure!(
-                o.len() == 1 || o.len() == d,
-                "{what}: omega has {} entries, expected 1 or {d}",
-                o.len()
-            );
-        }
-        Ok(())
-    };
-    ln(
-        &w.encoder_embed.layernorm,
-        de,
-        "encoder.layernorm_embedding",
-    )?;
-    ln(
-        &w.decoder_embed.layernorm,
-        dd,
-        "decoder.layernorm_embedding",
-    )?;
-    ln(&w.encoder_final_norm, de, "encoder.layer_norm")?;
-    ln(&w.decoder_final_norm, dd, "decoder.layer_norm")?;
-    for (i, l) in w.encoder_layers.iter().enumerate() {
-        let p = format!("encoder.layers.{i}");
-        let a = &l.self_attn.f;
-        for (x, n) in [(&a.q, "q"), (&a.k, "k"), (&a.v, "v"), (&a.out, "out")] {
-            lin(x, de, de, &format!("{p}.self_attn.{n}_proj"))?;
-        }
-        let ffn = l.ffn.f.fc1.weight.nrows();
-        lin(&l.ffn.f.fc1, ffn, de, &format!("{p}.fc1"))?;
-        lin(&l.ffn.f.fc2, de, ffn, &format!("{p}.fc2"))?;
-        ln(&l.self_attn.norm, de, &format!("{p}.self_attn_layer_norm"))?;
-        ln(&l.ffn.norm, de, &format!("{p}.final_layer_norm"))?;
-        res(&l.self_attn.residual, de, &format!("{p}.self_attn"))?;
-        res(&l.ffn.residual, de, &format!("{p}.ffn"))?;
-    }
-    for (i, l) in w.decoder_layers.iter().enumerate() {
-        let p = format!("decoder.layers.{i}");
-        let a = &l.self_attn.f;
-        for (x, n) in [(&a.q, "q"), (&a.k, "k"), (&a.v, "v"), (&a.out, "out")] {
-            lin(x, dd, dd, &format!("{p}.self_attn.{n}_proj"))?;
-        }
-        let a = &l.cross_attn.f;
-        lin(&a.q, dd, dd, &format!("{p}.encoder_attn.q_proj"))?;
-        lin(&a.k, dd, de, &format!("{p}.encoder_attn.k_proj"))?;
-        lin(&a.v, dd, de, &format!("{p}.encoder_attn.v_proj"))?;
-        lin(&a.out, dd, dd, &format!("{p}.encoder_attn.out_proj"))?;
-        let ffn = l.ffn.f.fc1.weight.nrows();
-        lin(&l.ffn.f.fc1, ffn, dd, &format!("{p}.fc1"))?;
-        lin(&l.ffn.f.fc2, dd, ffn, &format!("{p}.fc2"))?;
-        ln(&l.self_attn.norm, dd, &format!("{p}.self_attn_layer_norm"))?;
-        ln(
-            &l.cross_attn.norm,
-            dd,
-            &format!("{p}.encoder_attn_layer_norm"),
-        )?;
-        ln(&l.ffn.norm, dd, &format!("{p}.final_layer_norm"))?;
-        res(&l.self_attn.residual, dd, &format!("{p}.self_attn"))?;
-        res(&l.cross_attn.residual, dd, &format!("{p}.encoder_attn"))?;
-        res(&l.ffn.residual, dd, &format!("{p}.ffn"))?;
-    }
-    Ok(())
-}
-
-fn check_positions(e: &Embedding, what: &str) -> Result<()> {
-    if let Positions::Learned(t) = &e.positions {
-        ensure!(
-            t.ncols() == e.tokens.ncols(),
-            "{what} learned positions are {:?}, width {} expected",
-            t.dim(),
-            e.tokens.ncols()
-        );
-        ensure!(
-            t.nrows() > spec::PAD + 1,
-            "{what} learned position table has only {} rows",
-            t.nrows()
-        );
-    }
-    Ok(())
-}
 
 /// Dimensions of the decoder a runtime needs to build its caches.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -458,7 +327,7 @@ fn position_table(g: &mut Graph, e: &Embedding, max_positions: usize, name: &str
     let table: Array2<f32> = match &e.positions {
         Positions::None => return None,
         Positions::Sinusoidal => spec::sinusoidal_table(
-            max_positions.min(GRAPH_SINUSOIDAL_POSITIONS) + spec::PAD + 1,
+            spec::position_rows(max_positions.min(GRAPH_SINUSOIDAL_POSITIONS)),
             d,
         ),
         Positions::Learned(t) => t.clone(),

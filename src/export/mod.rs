@@ -162,7 +162,7 @@ pub fn export_graph(
     precision: Precision,
     opts: &ExportOptions,
 ) -> Result<ModelProto> {
-    fairseq::validate(model).context("the model cannot be exported")?;
+    crate::spec::validate(model).context("the model cannot be exported")?;
     let fp16 = precision == Precision::Fp16;
     let info = GraphInfo::of(model);
     let mut meta = vec![

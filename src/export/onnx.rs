@@ -284,6 +284,13 @@ pub fn write_model(
     tmp.persist(path)
         .with_context(|| format!("writing {}", path.display()))?;
     written.push(path.to_path_buf());
+    // Temporary files are rw------- : give outputs the usual 0666 under the umask.
+    #[cfg(unix)]
+    for p in &written {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::Permissions::from_mode(crate::write::file_mode());
+        fs::set_permissions(p, mode).with_context(|| format!("{}: chmod", p.display()))?;
+    }
     // An external data file left over from an earlier, larger export would
     // be misleading: remove it when this model is inline.
     if !external {

@@ -7,8 +7,8 @@
 use super::gemm::Packed;
 use super::quant::{BPacked, QPacked};
 use super::ComputeType;
-use crate::export::fairseq::LN_EPS;
 use crate::export::GraphInfo;
+use crate::spec::LN_EPS;
 use crate::spec::{self, Activation, Model, Positions};
 use anyhow::{ensure, Result};
 use ndarray::{concatenate, Array2, Axis};
@@ -253,7 +253,7 @@ impl Embed {
             positions: match e.positions {
                 Positions::None => None,
                 Positions::Sinusoidal => {
-                    let rows = max_positions.saturating_add(spec::PAD + 1);
+                    let rows = spec::position_rows(max_positions);
                     Some(PosTable::Sinusoidal {
                         rows,
                         cached: spec::sinusoidal_table(rows.min(CACHED_POSITION_ROWS), d),
@@ -373,7 +373,7 @@ impl NativeModel {
             ct != ComputeType::Bfloat16 || super::quant::bf16_kernel().is_some(),
             "--compute-type bfloat16 needs a CPU with AVX512_BF16 (this one has none)"
         );
-        crate::export::fairseq::validate(&m)?;
+        crate::spec::validate(&m)?;
         let info = GraphInfo::of(&m);
         let (c, w) = (m.config, m.weights);
         let enc_d = w.encoder_embed.tokens.ncols();

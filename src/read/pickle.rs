@@ -199,7 +199,9 @@ pub fn parse_prefix(
 
 /// The budget of a pickle of `len` bytes.
 fn budget_for(len: usize) -> usize {
-    BUDGET_BASE.saturating_add(len.saturating_mul(BUDGET_PER_BYTE))
+    BUDGET_BASE
+        .saturating_add(len.saturating_mul(BUDGET_PER_BYTE))
+        .min(BUDGET_MAX)
 }
 
 /// Memory budget, in approximate bytes: everything the VM allocates is charged to it while
@@ -208,9 +210,13 @@ fn budget_for(len: usize) -> usize {
 /// again while unfolding shared references into the tree. Without it a small hostile pickle
 /// expands exponentially (shared references) or quadratically (copying opcodes).
 /// 256 MiB plus 16 bytes per input byte: a real checkpoint's pickle (fairseq 0.12 with
-/// optimizer history: a few hundred KB) uses a few MB; a 20 MB pickle stops at 576 MiB.
+/// optimizer history: a few hundred KB) uses a few MB; a 20 MB pickle stops at 576 MiB,
+/// any pickle at [`BUDGET_MAX`].
 const BUDGET_BASE: usize = 256 << 20;
 const BUDGET_PER_BYTE: usize = 16;
+/// Whatever the pickle's size (a deflated `data.pkl` can be large and cheap to
+/// ship): with the VM's bookkeeping this keeps a hostile pickle under 1 GB.
+const BUDGET_MAX: usize = 640 << 20;
 /// Cost of one value besides its string / bytes payload.
 const VALUE_COST: usize = std::mem::size_of::<Value>();
 /// Cost of one reference to a value (a stack, memo or container slot).

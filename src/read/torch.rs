@@ -341,7 +341,12 @@ fn bad_pid<T>(pid: &[Value]) -> std::result::Result<T, PickleError> {
 // Zip format
 
 fn zip_err(e: zip::result::ZipError) -> TorchError {
-    TorchError::Zip(e.to_string())
+    use zip::result::ZipError;
+    TorchError::Zip(match e {
+        // The zip crate's Display of an i/o error is just "i/o error".
+        ZipError::Io(io) => format!("archive cut short or unreadable ({io})"),
+        other => other.to_string(),
+    })
 }
 
 /// Bytes that compressed zip entries may inflate to, in all: 256 MiB plus four times the

@@ -152,7 +152,10 @@ fn fold_stack(
                             Positions::Learned(t) => Some(t),
                             Positions::Sinusoidal => {
                                 summary.positions_to_learned = true;
-                                Some(sinusoidal_table(max_positions + PAD + 1, d))
+                                Some(sinusoidal_table(
+                                    crate::spec::position_rows(max_positions),
+                                    d,
+                                ))
                             }
                             Positions::None => None,
                         };

@@ -241,7 +241,7 @@ fn reference(toy: &Toy, src: &[i64], opts: &BeamOptions, max_len: usize) -> Vec<
                     }
                 }
             }
-            if step < opts.min_len {
+            if (step as i64) < opts.min_len {
                 row[EOS] = f32::NEG_INFINITY;
             }
         }
@@ -355,7 +355,7 @@ fn batched_search_equals_the_plain_reference() {
             // The reference with each sentence's max_len from its batch's width.
             for batch in plan(&lens, None, &batching).unwrap() {
                 let width = batch.iter().map(|&i| lens[i]).max().unwrap();
-                let max_len = opts.max_len(width, Some(1024));
+                let max_len = opts.checked_max_len(width, Some(1024)).unwrap();
                 for &i in &batch {
                     let want = reference(&toy, &src[i], &opts, max_len);
                     assert_eq!(
@@ -416,11 +416,15 @@ fn semantics_on_hand_made_cases() {
         };
         let mut mock = Mock::new(toy);
         let got = beam_search(&mut mock, &src, &opts).unwrap();
-        assert_eq!(got[0], reference(&toy, &src[0], &opts, max_len_b));
+        assert_eq!(got[0], reference(&toy, &src[0], &opts, max_len_b as usize));
         for h in &got[0] {
             let len = h.tokens.len();
-            assert!(len > min_len, "EOS at step {} < min_len {min_len}", len - 1);
-            assert!(len <= max_len_b + 1);
+            assert!(
+                len as i64 > min_len,
+                "EOS at step {} < min_len {min_len}",
+                len - 1
+            );
+            assert!(len as i64 <= max_len_b + 1);
             assert_eq!(*h.tokens.last().unwrap(), EOS as i64);
             assert!(!h.tokens[..len - 1].contains(&(EOS as i64)));
             let sum: f32 = h.positional_scores.iter().sum();

@@ -371,7 +371,7 @@ fn mutate_zip(b: &[u8], rng: &mut Rng) -> Vec<u8> {
     let mut deflate = vec![false; entries.len()];
     let pkl = entries.iter().position(|(n, _)| n.ends_with("data.pkl"));
     match (rng.below(6), pkl) {
-        (0 | 1 | 2, Some(i)) => pickle(&mut entries[i].1, rng),
+        (0..=2, Some(i)) => pickle(&mut entries[i].1, rng),
         (3, _) if !entries.is_empty() => {
             // Re-deflate some entries, sometimes one grown to a compressible bomb.
             for d in deflate.iter_mut() {
@@ -706,7 +706,7 @@ fn run_one(kind: Kind, data: &[u8], dir: &Path, bound: u64, tally: &mut Tally) -
                 return Some("panic in the library read / recognise / inspect path".into());
             }
             let path = p.to_str().expect("utf-8");
-            let args: &[&str] = if tally.cli_runs % 2 == 0 {
+            let args: &[&str] = if tally.cli_runs.is_multiple_of(2) {
                 &["inspect", path]
             } else {
                 &["inspect", path, "--json"]
@@ -716,6 +716,12 @@ fn run_one(kind: Kind, data: &[u8], dir: &Path, bound: u64, tally: &mut Tally) -
             tally.max_child_rss = tally.max_child_rss.max(c.peak_rss);
             if let Some(d) = c.defect(bound) {
                 return Some(format!("admin-convert {}: {d}", args.join(" ")));
+            }
+            if c.code == Some(0)
+                && args.contains(&"--json")
+                && serde_json::from_slice::<serde_json::Value>(&c.stdout).is_err()
+            {
+                return Some("inspect --json printed something that is not JSON".into());
             }
             if std::fs::read(&p).ok().as_deref() != Some(data) {
                 return Some("inspect changed its input".into());

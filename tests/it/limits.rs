@@ -6,7 +6,6 @@
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -148,9 +147,4 @@ pub fn run_capped(args: &[&str], as_cap: u64, timeout: Duration) -> Capped {
         peak_rss: usage.ru_maxrss as u64 * 1024,
         timed_out,
     }
-}
-
-/// The bytes of a file, to check later that a command left it unchanged.
-pub fn snapshot(path: &Path) -> Vec<u8> {
-    std::fs::read(path).expect("read input")
 }

@@ -114,8 +114,15 @@ fn output_onto_a_fifo_or_device_is_refused() {
 #[test]
 fn the_extension_decides_the_format_or_is_refused() {
     let t = workdir();
+    // .pt is a fairseq (torch zip) checkpoint, never safetensors bytes.
     let o = run_in(t.path(), &["fold", "ckpt.pt", "-o", "out.pt"]);
-    assert_one_line_error(&o, ".pt output is not available yet");
+    assert_eq!(o.status.code(), Some(0), "{}", crate::common::stderr(&o));
+    let bytes = std::fs::read(t.path().join("out.pt")).expect("written");
+    assert!(bytes.starts_with(b"PK\x03\x04"), "a torch zip");
+    let o = run_in(t.path(), &["fold", "ckpt.pt", "-o", "out.safetensors"]);
+    assert_eq!(o.status.code(), Some(0), "{}", crate::common::stderr(&o));
+    let bytes = std::fs::read(t.path().join("out.safetensors")).expect("written");
+    assert_eq!(bytes[8], b'{', "a safetensors header");
     for cmd in ["fold", "cast", "average"] {
         let args: Vec<&str> = match cmd {
             "fold" => vec!["fold", "ckpt.pt", "-o", "out.bin"],
@@ -124,7 +131,7 @@ fn the_extension_decides_the_format_or_is_refused() {
         };
         assert_one_line_error(&run_in(t.path(), &args), "unknown output format");
     }
-    assert!(!t.path().join("out.pt").exists() && !t.path().join("out.bin").exists());
+    assert!(!t.path().join("out.bin").exists() && !t.path().join("out").exists());
 }
 
 /// 0666 under this process's umask (which the child inherits).

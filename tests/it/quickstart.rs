@@ -86,6 +86,19 @@ fn quick_start(work: &Path, expect: &Path) {
             text(&o)
         );
     }
+    // translate finds the dictionaries the same way (none embedded here).
+    let src = fixture("corpus/bpe/test.src");
+    let o = run_in(
+        work,
+        &[
+            "translate",
+            "checkpoint_best.pt",
+            src.to_str().unwrap(),
+            "-q",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 200);
     // The export directory records the data directory too.
     let o = run_in(work, &["eval", "checkpoint_best.onnx", "--beam", "4", "-q"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));

@@ -8,73 +8,20 @@
 //! error lists exactly what is missing. A tensor that is missing,
 //! unexpected or of the wrong shape is an error naming it.
 
+mod family;
+mod hparams;
+mod naming;
+
+pub use family::{deepnet_alphas, FamilyRule, FAMILIES};
+pub use hparams::{find_preset, Overrides, Preset, Provenance, PRESETS};
+pub use naming::{AttentionNaming, Naming, ATTENTION_NAMINGS};
+
 use crate::read::{Checkpoint, HValue, Hparams};
 use crate::spec::*;
-use ndarray::{s, Array1, Array2};
-use serde::Serialize;
+use hparams::{show, Resolver};
+use ndarray::{Array1, Array2};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-
-/// Hyper-parameters given on the command line; they win over the file.
-#[derive(Clone, Debug, Default)]
-pub struct Overrides {
-    /// A fairseq `--arch` preset to take unknown values from.
-    pub arch: Option<String>,
-    pub encoder_heads: Option<usize>,
-    pub decoder_heads: Option<usize>,
-    pub activation: Option<Activation>,
-    pub encoder_normalize_before: Option<bool>,
-    pub decoder_normalize_before: Option<bool>,
-    pub no_scale_embedding: Option<bool>,
-    pub max_source_positions: Option<usize>,
-    pub max_target_positions: Option<usize>,
-    /// Force the residual family (e.g. `deep-net`, which leaves no trace in the tensors).
-    pub family: Option<Family>,
-}
-
-/// How the tensors are named.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Naming {
-    /// `fused` (0.8 `in_proj_weight`, rows q|k|v) or `separate` (0.12 q/k/v_proj).
-    pub attention: String,
-    /// fairseq 0.12.2 all-zero fast-path shadow tensors were present (ignored).
-    pub fast_path_shadows: bool,
-    /// Legacy encoder `layer_norms.0/1` names.
-    pub legacy_layer_norms: bool,
-    /// 0.8 `decoder.embed_out` for an untied output projection.
-    pub embed_out: bool,
-}
-
-impl Naming {
-    /// A short label: `fairseq-0.8-fused`, `fairseq-0.12`, `fairseq-0.12.2`.
-    pub fn label(&self) -> String {
-        let base = if self.attention == "fused" {
-            "fairseq-0.8 (fused in_proj)"
-        } else if self.attention == "bare" {
-            "Admin fork DeepNet (bare q/k/v_proj_weight, fused in_proj_bias)"
-        } else if self.fast_path_shadows {
-            "fairseq-0.12.2 (separate q/k/v, fast-path shadows)"
-        } else {
-            "fairseq-0.12 (separate q/k/v)"
-        };
-        let mut s = base.to_string();
-        if self.legacy_layer_norms {
-            s.push_str(", legacy layer_norms.0/1");
-        }
-        s
-    }
-}
-
-/// Where each hyper-parameter's value came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Provenance {
-    Flag,
-    Checkpoint,
-    Tensors,
-    Preset,
-    Default,
-}
 
 /// The result of recognition.
 #[derive(Clone, Debug)]
@@ -103,67 +50,6 @@ type R<T> = Result<T, RecogniseError>;
 
 fn err<T>(msg: impl Into<String>) -> R<T> {
     Err(RecogniseError(msg.into()))
-}
-
-/// Values a fairseq `--arch` preset fixes (those shapes cannot tell).
-#[derive(Clone, Copy, Debug)]
-pub struct Preset {
-    pub name: &'static str,
-    pub embed_dim: usize,
-    pub ffn_dim: usize,
-    pub heads: usize,
-    pub layers: usize,
-    pub normalize_before: bool,
-    pub activation: Activation,
-}
-
-/// fairseq's transformer architecture presets.
-pub const PRESETS: &[Preset] = &[
-    preset("transformer", 512, 2048, 8, 6, false),
-    preset("transformer_wmt_en_de", 512, 2048, 8, 6, false),
-    preset("transformer_iwslt_de_en", 512, 1024, 4, 6, false),
-    preset("transformer_tiny", 64, 64, 2, 2, false),
-    preset(
-        "transformer_vaswani_wmt_en_de_big",
-        1024,
-        4096,
-        16,
-        6,
-        false,
-    ),
-    preset(
-        "transformer_vaswani_wmt_en_fr_big",
-        1024,
-        4096,
-        16,
-        6,
-        false,
-    ),
-    preset("transformer_wmt_en_de_big", 1024, 4096, 16, 6, false),
-    preset("transformer_wmt_en_de_big_t2t", 1024, 4096, 16, 6, true),
-];
-
-const fn preset(
-    name: &'static str,
-    embed_dim: usize,
-    ffn_dim: usize,
-    heads: usize,
-    layers: usize,
-    normalize_before: bool,
-) -> Preset {
-    Preset {
-        name,
-        embed_dim,
-        ffn_dim,
-        heads,
-        layers,
-        normalize_before,
-        activation: Activation::Relu,
-    }
-}
-
-pub fn find_preset(name: &str) -> Option<&'static Preset> {
-    PRESETS.iter().find(|p| p.name == name)
 }
 
 /// Tensor access that remembers which names were used, so leftovers can be
@@ -240,56 +126,6 @@ impl<'a> Tensors<'a> {
         }))
     }
 
-    fn attention(&mut self, prefix: &str, d: usize, naming: &mut Naming) -> R<Attention> {
-        let fused = format!("{prefix}.in_proj_weight");
-        if self.has(&fused) {
-            naming.attention = "fused".into();
-            let w = self.mat(&fused, 3 * d, d)?;
-            let b = self.opt_vec(&format!("{prefix}.in_proj_bias"), 3 * d)?;
-            let part = |i: usize| Linear {
-                weight: w.slice(s![i * d..(i + 1) * d, ..]).to_owned(),
-                bias: b
-                    .as_ref()
-                    .map(|b| b.slice(s![i * d..(i + 1) * d]).to_owned()),
-            };
-            return Ok(Attention {
-                q: part(0),
-                k: part(1),
-                v: part(2),
-                out: self.linear(&format!("{prefix}.out_proj"), d, d)?,
-            });
-        }
-        let bare = format!("{prefix}.q_proj_weight");
-        if self.has(&bare) {
-            // The Admin fork's DeepNet: bare `[out, in]` parameters + one fused bias.
-            naming.attention = "bare".into();
-            let b = self.opt_vec(&format!("{prefix}.in_proj_bias"), 3 * d)?;
-            let mut part = |i: usize, w: &str| -> R<Linear> {
-                Ok(Linear {
-                    weight: self.mat(&format!("{prefix}.{w}_proj_weight"), d, d)?,
-                    bias: b
-                        .as_ref()
-                        .map(|b| b.slice(s![i * d..(i + 1) * d]).to_owned()),
-                })
-            };
-            return Ok(Attention {
-                q: part(0, "q")?,
-                k: part(1, "k")?,
-                v: part(2, "v")?,
-                out: self.linear(&format!("{prefix}.out_proj"), d, d)?,
-            });
-        }
-        if naming.attention.is_empty() {
-            naming.attention = "separate".into();
-        }
-        Ok(Attention {
-            q: self.linear(&format!("{prefix}.q_proj"), d, d)?,
-            k: self.linear(&format!("{prefix}.k_proj"), d, d)?,
-            v: self.linear(&format!("{prefix}.v_proj"), d, d)?,
-            out: self.linear(&format!("{prefix}.out_proj"), d, d)?,
-        })
-    }
-
     fn scale(&mut self, name: &str, d: usize) -> R<Option<Vec<f32>>> {
         match self.shape(name) {
             None => Ok(None),
@@ -327,117 +163,6 @@ fn count_layers(ckpt: &Checkpoint, prefix: &str) -> R<usize> {
         }
     }
     Ok(n)
-}
-
-/// Resolves each hyper-parameter from flags, checkpoint, tensors, preset, default.
-struct Resolver<'a> {
-    h: &'a Hparams,
-    preset: Option<&'static Preset>,
-    provenance: BTreeMap<&'static str, Provenance>,
-    missing: Vec<String>,
-    /// Recorded values that are not valid for their key (`key = value is ...`).
-    invalid: Vec<String>,
-}
-
-/// A recorded value as the user would write it in a message (shortened).
-fn show(v: &HValue) -> String {
-    let s = match v {
-        HValue::None => "None".to_string(),
-        HValue::Bool(b) => if *b { "True" } else { "False" }.to_string(),
-        HValue::Int(i) => i.to_string(),
-        HValue::Float(f) => f.to_string(),
-        HValue::Str(s) => format!("{s:?}"),
-    };
-    if s.chars().count() > 40 {
-        format!("{}...", s.chars().take(40).collect::<String>())
-    } else {
-        s
-    }
-}
-
-/// A boolean flag: `True`/`False`, 0/1, or the strings "true"/"false".
-fn strict_bool(v: &HValue) -> Option<bool> {
-    match v {
-        HValue::Int(0 | 1) => v.as_bool(),
-        HValue::Int(_) | HValue::Float(_) => None,
-        _ => v.as_bool(),
-    }
-}
-
-impl Resolver<'_> {
-    fn get(&self, key: &str) -> Option<&HValue> {
-        self.h.get(key).filter(|v| !matches!(v, HValue::None))
-    }
-
-    fn usize(
-        &mut self,
-        key: &'static str,
-        flag: Option<usize>,
-        preset: Option<usize>,
-        default: Option<usize>,
-        what: &str,
-    ) -> usize {
-        if let Some(v) = flag {
-            self.provenance.insert(key, Provenance::Flag);
-            return v;
-        }
-        if let Some(raw) = self.get(key) {
-            match raw.as_usize().filter(|v| *v >= 1) {
-                Some(v) => {
-                    self.provenance.insert(key, Provenance::Checkpoint);
-                    return v;
-                }
-                None => {
-                    self.invalid
-                        .push(format!("{key} = {} is not a positive integer", show(raw)));
-                    return 1;
-                }
-            }
-        }
-        if let Some(v) = preset {
-            self.provenance.insert(key, Provenance::Preset);
-            return v;
-        }
-        if let Some(v) = default {
-            self.provenance.insert(key, Provenance::Default);
-            return v;
-        }
-        self.missing.push(what.to_string());
-        0
-    }
-
-    /// A boolean that the tensors can also tell (`inferred`).
-    fn bool(
-        &mut self,
-        key: &'static str,
-        flag: Option<bool>,
-        inferred: Option<bool>,
-        default: bool,
-    ) -> bool {
-        if let Some(v) = flag {
-            self.provenance.insert(key, Provenance::Flag);
-            return v;
-        }
-        if let Some(raw) = self.get(key) {
-            match strict_bool(raw) {
-                Some(v) => {
-                    self.provenance.insert(key, Provenance::Checkpoint);
-                    return v;
-                }
-                None => {
-                    self.invalid
-                        .push(format!("{key} = {} is not a boolean", show(raw)));
-                    return default;
-                }
-            }
-        }
-        if let Some(v) = inferred {
-            self.provenance.insert(key, Provenance::Tensors);
-            return v;
-        }
-        self.provenance.insert(key, Provenance::Default);
-        default
-    }
 }
 
 /// Recognise a checkpoint and load its weights as `f32`.
@@ -643,7 +368,6 @@ pub fn recognise(ckpt: &Checkpoint, ov: &Overrides) -> R<Recognised> {
         }
     }
 
-    let has_any = |suffix: &str| ckpt.entries.iter().any(|e| e.name.ends_with(suffix));
     let enc_final = t.has("encoder.layer_norm.weight");
     let dec_final = t.has("decoder.layer_norm.weight");
     let enc_nb = r.bool(
@@ -686,42 +410,17 @@ pub fn recognise(ckpt: &Checkpoint, ov: &Overrides) -> R<Recognised> {
     }
 
     // ---- family --------------------------------------------------------
-    let admin_fork = has_any(".attention_ratio_change") || has_any(".self_ratio_change");
-    let admin_torch = has_any("_residual.omega");
-    let rezero = has_any(".rezero_weight");
     let init_type = h
         .get("init_type")
         .and_then(|v| v.as_str())
         .map(str::to_string);
-    let deepnet_init = init_type
-        .as_deref()
-        .is_some_and(|s| s.contains("deepnet") || s.contains("deepnorm"));
-    let has_layer_ln = has_any(".self_attn_layer_norm.weight") || has_any(".layer_norms.0.weight");
-    let family = if let Some(f) = ov.family {
-        f
-    } else if admin_fork {
-        Family::AdminFork
-    } else if admin_torch {
-        let scalar = ckpt
-            .entries
-            .iter()
-            .filter(|e| e.name.ends_with("_residual.omega"))
-            .all(|e| e.shape.iter().product::<usize>() == 1);
-        if scalar {
-            Family::AdminTorchScalar
-        } else {
-            Family::AdminTorchVector
-        }
-    } else if rezero {
-        Family::ReZero
-    } else if deepnet_init {
-        Family::DeepNet
-    } else if !has_layer_ln {
-        Family::LayerNormFree
-    } else if enc_nb || dec_nb {
-        Family::PreLn
-    } else {
-        Family::PostLn
+    let family = match ov.family {
+        Some(f) => f,
+        None => family::detect(&family::Evidence {
+            ckpt,
+            init_type: init_type.as_deref(),
+            normalize_before: enc_nb || dec_nb,
+        }),
     };
     if family.has_scales() && (enc_nb || dec_nb) && family != Family::ReZero {
         return err(format!(
@@ -787,15 +486,13 @@ pub fn recognise(ckpt: &Checkpoint, ov: &Overrides) -> R<Recognised> {
     };
 
     // DeepNet's α is not stored: computed from the layer counts (fold.md §1).
-    let (n, m) = (enc_layers as f32, dec_layers as f32);
-    let alpha_enc = 0.81 * (n.powi(4) * m).powf(1.0 / 16.0);
-    let alpha_dec = (3.0 * m).powf(0.25);
+    let (alpha_enc, alpha_dec) = deepnet_alphas(enc_layers, dec_layers);
 
     // ---- layers --------------------------------------------------------
     let mut encoder_layers = Vec::with_capacity(enc_layers);
     for i in 0..enc_layers {
         let p = format!("encoder.layers.{i}");
-        let self_attn = t.attention(&format!("{p}.self_attn"), d_enc, &mut naming)?;
+        let self_attn = naming::attention(&mut t, &format!("{p}.self_attn"), d_enc, &mut naming)?;
         let legacy = t.has(&format!("{p}.layer_norms.0.weight"));
         naming.legacy_layer_norms |= legacy;
         let (ln1, ln2) = if legacy {
@@ -809,22 +506,8 @@ pub fn recognise(ckpt: &Checkpoint, ov: &Overrides) -> R<Recognised> {
                 t.layer_norm(&format!("{p}.final_layer_norm"), d_enc)?,
             )
         };
-        let (r1, r2) = match family {
-            Family::AdminFork => (
-                omega(t.scale(&format!("{p}.attention_ratio_change"), d_enc)?),
-                omega(t.scale(&format!("{p}.fc_ratio_change"), d_enc)?),
-            ),
-            Family::AdminTorchScalar | Family::AdminTorchVector => (
-                omega(t.scale(&format!("{p}.self_attn_residual.omega"), d_enc)?),
-                omega(t.scale(&format!("{p}.ffn_residual.omega"), d_enc)?),
-            ),
-            Family::DeepNet => (omega(Some(vec![alpha_enc])), omega(Some(vec![alpha_enc]))),
-            Family::ReZero => {
-                let g = gate(t.scale(&format!("{p}.rezero_weight"), 1)?);
-                (g.clone(), g)
-            }
-            _ => (Residual::default(), Residual::default()),
-        };
+        let r = family::residuals(&mut t, family, &p, false, d_enc, alpha_enc)?;
+        let [r1, r2]: [Residual; 2] = r.try_into().expect("two encoder sublayers");
         let ffn = FeedForward {
             fc1: t.linear(&format!("{p}.fc1"), enc_ffn, d_enc)?,
             fc2: t.linear(&format!("{p}.fc2"), d_enc, enc_ffn)?,
@@ -845,36 +528,16 @@ pub fn recognise(ckpt: &Checkpoint, ov: &Overrides) -> R<Recognised> {
     let mut decoder_layers = Vec::with_capacity(dec_layers);
     for i in 0..dec_layers {
         let p = format!("decoder.layers.{i}");
-        let self_attn = t.attention(&format!("{p}.self_attn"), d_dec, &mut naming)?;
-        let cross = t.attention(&format!("{p}.encoder_attn"), d_dec, &mut naming)?;
+        let self_attn = naming::attention(&mut t, &format!("{p}.self_attn"), d_dec, &mut naming)?;
+        let cross = naming::attention(&mut t, &format!("{p}.encoder_attn"), d_dec, &mut naming)?;
         if d_enc != d_dec {
             return err("encoder and decoder embed dims differ: encoder-decoder attention with kdim != dim is not supported");
         }
         let ln1 = t.layer_norm(&format!("{p}.self_attn_layer_norm"), d_dec)?;
         let ln2 = t.layer_norm(&format!("{p}.encoder_attn_layer_norm"), d_dec)?;
         let ln3 = t.layer_norm(&format!("{p}.final_layer_norm"), d_dec)?;
-        let (r1, r2, r3) = match family {
-            Family::AdminFork => (
-                omega(t.scale(&format!("{p}.self_ratio_change"), d_dec)?),
-                omega(t.scale(&format!("{p}.encoder_ratio_change"), d_dec)?),
-                omega(t.scale(&format!("{p}.fc_ratio_change"), d_dec)?),
-            ),
-            Family::AdminTorchScalar | Family::AdminTorchVector => (
-                omega(t.scale(&format!("{p}.self_attn_residual.omega"), d_dec)?),
-                omega(t.scale(&format!("{p}.encoder_attn_residual.omega"), d_dec)?),
-                omega(t.scale(&format!("{p}.ffn_residual.omega"), d_dec)?),
-            ),
-            Family::DeepNet => (
-                omega(Some(vec![alpha_dec])),
-                omega(Some(vec![alpha_dec])),
-                omega(Some(vec![alpha_dec])),
-            ),
-            Family::ReZero => {
-                let g = gate(t.scale(&format!("{p}.rezero_weight"), 1)?);
-                (g.clone(), g.clone(), g)
-            }
-            _ => Default::default(),
-        };
+        let r = family::residuals(&mut t, family, &p, true, d_dec, alpha_dec)?;
+        let [r1, r2, r3]: [Residual; 3] = r.try_into().expect("three decoder sublayers");
         let ffn = FeedForward {
             fc1: t.linear(&format!("{p}.fc1"), dec_ffn, d_dec)?,
             fc2: t.linear(&format!("{p}.fc2"), d_dec, dec_ffn)?,
@@ -942,7 +605,7 @@ pub fn recognise(ckpt: &Checkpoint, ov: &Overrides) -> R<Recognised> {
             continue;
         }
         let n = &e.name;
-        let shadow = is_fast_path_shadow(n);
+        let shadow = naming::is_fast_path_shadow(n);
         if n.ends_with(".version") || n.ends_with("embed_positions._float_tensor") || shadow {
             if shadow {
                 naming.fast_path_shadows = true;
@@ -1030,41 +693,4 @@ pub fn recognise(ckpt: &Checkpoint, ov: &Overrides) -> R<Recognised> {
         ignored,
         notes,
     })
-}
-
-fn omega(v: Option<Vec<f32>>) -> Residual {
-    Residual {
-        omega: v,
-        gate: None,
-    }
-}
-
-fn gate(v: Option<Vec<f32>>) -> Residual {
-    Residual {
-        omega: None,
-        gate: v.and_then(|v| v.first().copied()),
-    }
-}
-
-/// fairseq 0.12.2's `TransformerEncoderLayerBase` BetterTransformer shadows.
-fn is_fast_path_shadow(name: &str) -> bool {
-    let Some(rest) = name.strip_prefix("encoder.layers.") else {
-        return false;
-    };
-    let mut parts = rest.splitn(2, '.');
-    let idx_ok = parts.next().is_some_and(|s| s.parse::<usize>().is_ok());
-    idx_ok
-        && matches!(
-            parts.next(),
-            Some(
-                "in_proj_weight"
-                    | "in_proj_bias"
-                    | "out_proj_weight"
-                    | "out_proj_bias"
-                    | "fc1_weight"
-                    | "fc1_bias"
-                    | "fc2_weight"
-                    | "fc2_bias"
-            )
-        )
 }
