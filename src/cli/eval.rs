@@ -84,6 +84,11 @@ pub struct EvalArgs {
     #[arg(long)]
     #[arg(value_enum)]
     pub compare_backend: Option<super::model::BackendKind>,
+    /// Also decode the same model on the native engine in this compute type
+    /// (int8, bfloat16, auto); report both BLEU, identical hypotheses, max
+    /// |Δ score| and max |Δ log-prob| of our hypotheses under teacher forcing.
+    #[arg(long, value_enum)]
+    pub compare_compute_type: Option<crate::native::ComputeType>,
     /// A fairseq-generate output: compare its H- lines with ours (exit 1 if any differ).
     #[arg(long)]
     pub expect_fairseq: Option<PathBuf>,
@@ -733,6 +738,9 @@ struct Comparison {
     other: PathBuf,
     identical: usize,
     max_score_diff: f64,
+    /// `--compare-compute-type`: the other compute type and the largest
+    /// |Δ log-prob| of a token of our hypotheses under teacher forcing.
+    forced: Option<(String, f64)>,
     scores: Option<Scores>,
     decoded_seconds: f64,
 }
@@ -752,7 +760,7 @@ pub fn run(mut a: EvalArgs) -> Result<ExitCode> {
     check_vocab(backend.as_ref(), &set, &a.model)?;
     let load_seconds = load_start.elapsed().as_secs_f64();
 
-    let label = if a.compare.is_some() {
+    let label = if a.compare.is_some() || a.compare_compute_type.is_some() {
         "model 1"
     } else {
         "translating"
@@ -773,43 +781,7 @@ pub fn run(mut a: EvalArgs) -> Result<ExitCode> {
         out.flush()?;
     }
 
-    let comparison = match &a.compare {
-        Some(other) => {
-            let mut runtime = a.runtime.clone();
-            runtime.fp16 |= a.compare_fp16;
-            if let Some(b) = a.compare_backend {
-                runtime.backend = b;
-            } else if runtime.fp16 && runtime.backend == super::model::BackendKind::Native {
-                // The native engine is float32: fp16 runs on the graphs.
-                runtime.backend = super::model::BackendKind::Auto;
-            }
-            let Opened {
-                backend: mut b2, ..
-            } = open_with(other, &a, &runtime)?;
-            check_vocab(b2.as_ref(), &set, other)?;
-            let d2 = decode(b2.as_mut(), &set, &a, bpe, "model 2")?;
-            let identical = d
-                .texts
-                .iter()
-                .zip(&d2.texts)
-                .filter(|(x, y)| x == y)
-                .count();
-            let max_score_diff = d
-                .hyps
-                .iter()
-                .zip(&d2.hyps)
-                .map(|(x, y)| (x[0].score as f64 - y[0].score as f64).abs())
-                .fold(0.0, f64::max);
-            Some(Comparison {
-                other: other.clone(),
-                identical,
-                max_score_diff,
-                scores: score(&set, &d2, bpe),
-                decoded_seconds: d2.seconds,
-            })
-        }
-        None => None,
-    };
+    let comparison = compare(&a, backend.as_mut(), &set, &d, bpe)?;
     let expectation = match &a.expect_fairseq {
         Some(p) => Some(expect_fairseq(p, &d, set.src.len())?),
         None => None,
@@ -846,6 +818,8 @@ pub fn run(mut a: EvalArgs) -> Result<ExitCode> {
                     "identical": c.identical,
                     "sentences": n,
                     "max_abs_score_diff": c.max_score_diff,
+                    "backend": c.forced.as_ref().map(|f| f.0.clone()),
+                    "max_abs_forced_logprob_diff": c.forced.as_ref().map(|f| f.1),
                     "seconds": c.decoded_seconds,
                     "scores": c.scores.as_ref().map_or(Json::Null, Scores::json),
                 }),
@@ -901,6 +875,11 @@ pub fn run(mut a: EvalArgs) -> Result<ExitCode> {
                 "compare: {}/{n} identical hypotheses, max |Δ score| {:.3e} (natural log)",
                 c.identical, c.max_score_diff
             ));
+            if let Some((b2, diff)) = &c.forced {
+                lines.push(format!(
+                    "compare {b2}: max |Δ log-prob| {diff:.3e} under teacher forcing of model 1's hypotheses (natural log)"
+                ));
+            }
         }
         if let Some(e) = &expectation {
             lines.push(format!(
@@ -929,4 +908,85 @@ pub fn run(mut a: EvalArgs) -> Result<ExitCode> {
         return Ok(ExitCode::from(1));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `--compare` (another model) or `--compare-compute-type` (this model on
+/// the native engine in another precision).
+fn compare(
+    a: &EvalArgs,
+    backend: &mut dyn Backend,
+    set: &TestSet,
+    d: &Decoded,
+    bpe: Option<BpeMode>,
+) -> Result<Option<Comparison>> {
+    let mut runtime = a.runtime.clone();
+    let other = match (&a.compare, a.compare_compute_type) {
+        (Some(_), Some(_)) => bail!("--compare and --compare-compute-type exclude each other"),
+        (None, None) => return Ok(None),
+        (Some(other), None) => {
+            runtime.fp16 |= a.compare_fp16;
+            if let Some(b) = a.compare_backend {
+                runtime.backend = b;
+            } else if runtime.fp16 && runtime.backend == super::model::BackendKind::Native {
+                // The native engine is float32: fp16 runs on the graphs.
+                runtime.backend = super::model::BackendKind::Auto;
+            }
+            other
+        }
+        (None, Some(ct)) => {
+            runtime.backend = super::model::BackendKind::Native;
+            runtime.compute_type = ct;
+            &a.model
+        }
+    };
+    let Opened {
+        backend: mut b2, ..
+    } = open_with(other, a, &runtime)?;
+    check_vocab(b2.as_ref(), set, other)?;
+    let d2 = decode(b2.as_mut(), set, a, bpe, "model 2")?;
+    let identical = d
+        .texts
+        .iter()
+        .zip(&d2.texts)
+        .filter(|(x, y)| x == y)
+        .count();
+    let max_score_diff = d
+        .hyps
+        .iter()
+        .zip(&d2.hyps)
+        .map(|(x, y)| (x[0].score as f64 - y[0].score as f64).abs())
+        .fold(0.0, f64::max);
+    let forced = match a.compare_compute_type {
+        Some(_) => Some((b2.name(), forced_diff(backend, b2.as_mut(), set, d, a)?)),
+        None => None,
+    };
+    Ok(Some(Comparison {
+        other: other.clone(),
+        identical,
+        max_score_diff,
+        forced,
+        scores: score(set, &d2, bpe),
+        decoded_seconds: d2.seconds,
+    }))
+}
+
+/// The largest |Δ log-prob| of a token of `d`'s best hypotheses, teacher
+/// forced through both backends.
+fn forced_diff(
+    b1: &mut dyn Backend,
+    b2: &mut dyn Backend,
+    set: &TestSet,
+    d: &Decoded,
+    a: &EvalArgs,
+) -> Result<f64> {
+    let targets: Vec<Vec<i64>> = d.hyps.iter().map(|h| h[0].tokens.clone()).collect();
+    let batch = a.decoding.batch_size.unwrap_or(32).max(1);
+    let s1 = crate::score::score(b1, &set.src, &targets, batch)?;
+    let s2 = crate::score::score(b2, &set.src, &targets, batch)?;
+    Ok(s1
+        .iter()
+        .zip(&s2)
+        .flat_map(|(x, y)| x.positional.iter().zip(&y.positional))
+        .map(|(x, y)| (*x as f64 - *y as f64).abs())
+        .fold(0.0, f64::max))
 }

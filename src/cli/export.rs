@@ -7,6 +7,8 @@
 //! - `--ct2`: a CTranslate2 directory ([`crate::write::ct2`]): residual
 //!   scales folded and the fold measured first (exit 1 above
 //!   `--tolerance`), weights in CTranslate2's `--quantization`.
+//! - `--hf`: a transformers directory ([`crate::write::hf`]), folded and
+//!   measured the same way; refused where no class holds the model exactly.
 
 use super::{load, ModelArgs};
 use crate::data::locate::{self, Query};
@@ -14,8 +16,8 @@ use crate::export::{self, ExportOptions};
 use crate::spec::Model;
 use crate::transform::fold::{fold_with_summary, FoldMode};
 use crate::verify::{self, Probe};
-use crate::write::ct2;
 use crate::write::output::{self, Kind};
+use crate::write::{ct2, hf};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::io::Write;
@@ -32,6 +34,10 @@ pub struct ExportArgs {
     /// Write a CTranslate2 model directory (residual scales folded).
     #[arg(long)]
     ct2: bool,
+    /// Write a Hugging Face transformers directory (MarianMTModel; residual
+    /// scales folded). Refused (exit 1) where no class holds the model exactly.
+    #[arg(long)]
+    hf: bool,
     /// CTranslate2 weight type: float32 (default), float16, bfloat16, int8,
     /// int8_float32, int8_float16, int8_bfloat16.
     #[arg(long, default_value = "float32")]
@@ -70,10 +76,11 @@ pub struct ExportArgs {
 }
 
 pub fn run(a: ExportArgs) -> Result<ExitCode> {
-    match (a.onnx, a.ct2) {
-        (true, false) => run_onnx(a),
-        (false, true) => run_ct2(a),
-        _ => bail!("say one of --onnx, --ct2"),
+    match (a.onnx, a.ct2, a.hf) {
+        (true, false, false) => run_onnx(a),
+        (false, true, false) => run_folded(a, Kind::Ct2),
+        (false, false, true) => run_folded(a, Kind::Hf),
+        _ => bail!("say one of --onnx, --ct2, --hf"),
     }
 }
 
@@ -168,7 +175,7 @@ pub fn fold_checked(m: &Model) -> Result<(Model, f32)> {
     Ok((folded, diff))
 }
 
-fn run_ct2(a: ExportArgs) -> Result<ExitCode> {
+fn run_folded(a: ExportArgs, kind: Kind) -> Result<ExitCode> {
     let q = ct2::Quantization::parse(&a.quantization).with_context(|| {
         format!(
             "unknown --quantization {} ({})",
@@ -176,7 +183,7 @@ fn run_ct2(a: ExportArgs) -> Result<ExitCode> {
             ct2::Quantization::NAMES
         )
     })?;
-    let out = output_dir(&a, Kind::Ct2)?;
+    let out = output_dir(&a, kind)?;
     let (ckpt, rec) = load(&a.checkpoint, &a.model)?;
     let query = Query::new(a.source_lang.as_deref(), a.target_lang.as_deref(), "test")?;
     let Some(dicts) = super::checkpoint_dicts(&ckpt, a.dict_dir.as_deref(), &query)? else {
@@ -197,12 +204,29 @@ fn run_ct2(a: ExportArgs) -> Result<ExitCode> {
         println!("not written");
         return Ok(ExitCode::from(1));
     }
+    if kind == Kind::Hf {
+        if let Some(why) = hf::unsupported(&folded) {
+            eprintln!(
+                "{}: no transformers class holds this model exactly ({why}); not written",
+                a.checkpoint.display()
+            );
+            return Ok(ExitCode::from(1));
+        }
+    }
     let c = &folded.config;
-    let src = ct2::vocabulary(&dicts.src_text, c.src_vocab).context("source dictionary")?;
-    let tgt = ct2::vocabulary(&dicts.tgt_text, c.tgt_vocab).context("target dictionary")?;
+    let names = if kind == Kind::Hf {
+        ct2::symbols
+    } else {
+        ct2::vocabulary
+    };
+    let src = names(&dicts.src_text, c.src_vocab).context("source dictionary")?;
+    let tgt = names(&dicts.tgt_text, c.tgt_vocab).context("target dictionary")?;
     let written = output::publish_dir(&out, |tmp| {
-        ct2::write_dir(&folded, (&src, &tgt), q, tmp)
-            .with_context(|| format!("{}: CTranslate2 export", out.display()))
+        match kind {
+            Kind::Hf => hf::write_dir(&folded, (&src, &tgt), tmp),
+            _ => ct2::write_dir(&folded, (&src, &tgt), q, tmp),
+        }
+        .with_context(|| format!("{}: export", out.display()))
     })?;
     for p in &written {
         let name = p.file_name().map(PathBuf::from).unwrap_or_default();

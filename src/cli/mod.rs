@@ -149,8 +149,13 @@ fn parse_activation(s: &str) -> Result<Activation, String> {
 }
 
 fn parse_family(s: &str) -> Result<Family, String> {
-    serde_json::from_value(serde_json::Value::String(s.to_string()))
-        .map_err(|_| format!("unknown family '{s}' (post-ln, pre-ln, admin-fork, admin-torch-scalar, admin-torch-vector, deep-net, re-zero, layer-norm-free)"))
+    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
+        let known: Vec<&str> = recognise::FAMILIES
+            .iter()
+            .map(|r| r.family.name())
+            .collect();
+        format!("unknown family '{s}' ({})", known.join(", "))
+    })
 }
 
 impl ModelArgs {

@@ -35,6 +35,11 @@ pub struct RuntimeArgs {
     /// (default: every CPU). tract runs on one thread.
     #[arg(long, allow_negative_numbers = true, value_parser = super::in_range(1, super::MAX_THREADS))]
     pub threads: Option<usize>,
+    /// Precision of the native engine's linear maps: float32, int8 (per-row
+    /// scales), bfloat16 (CPUs with AVX512_BF16) or auto (the fastest that
+    /// passes its accuracy gate on this CPU).
+    #[arg(long, value_enum, default_value = "float32")]
+    pub compute_type: crate::native::ComputeType,
 }
 
 /// A model ready to run, and its dictionaries when known.
@@ -145,7 +150,7 @@ pub fn open(path: &Path, model: &ModelArgs, rt: &RuntimeArgs) -> Result<Opened> 
             );
         }
         if rt.fp16 {
-            bail!("--backend native runs float32 only; use --backend ort or tract for --fp16");
+            bail!("--backend native runs float32 (or --compute-type int8 / bfloat16), no fp16 graphs; use --backend ort or tract for --fp16");
         }
         if path.is_dir() {
             bail!(
@@ -153,6 +158,11 @@ pub fn open(path: &Path, model: &ModelArgs, rt: &RuntimeArgs) -> Result<Opened> 
                 path.display()
             );
         }
+    } else if rt.compute_type != crate::native::ComputeType::Float32 {
+        bail!(
+            "--compute-type {} is for the native engine (--backend native, a checkpoint)",
+            rt.compute_type.name()
+        );
     }
     let mut native_backend = None;
     let (source, dicts) = if path.is_dir() {
@@ -177,7 +187,7 @@ pub fn open(path: &Path, model: &ModelArgs, rt: &RuntimeArgs) -> Result<Opened> 
         drop(ckpt);
         if native {
             native_backend = Some(
-                crate::native::NativeBackend::new(&rec.model, rt.threads)
+                crate::native::NativeBackend::from_model(rec.model, rt.threads, rt.compute_type)
                     .with_context(|| format!("{}: native engine", path.display()))?,
             );
             (None, dicts)

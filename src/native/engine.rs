@@ -8,7 +8,7 @@
 //! descends from (`hist`): reordering copies `rows × step` integers.
 //! Cross-attention keys and values are kept once per sentence, not per beam.
 
-use super::model::{activate, attend, log_softmax, NativeModel};
+use super::model::{activate, attend_heads, log_softmax, NativeModel};
 use crate::spec::PAD;
 use anyhow::{ensure, Result};
 use ndarray::{Array2, ArrayView2};
@@ -125,17 +125,15 @@ fn encode_group(m: &NativeModel, sources: &[Vec<usize>], s: &mut Scratch) -> Vec
                 let len = src.len();
                 let rows = &wide[start * 3 * d..(start + len) * 3 * d];
                 for i in 0..len {
-                    for hh in 0..heads {
-                        let q = &rows[i * 3 * d + hh * hd..][..hd];
-                        attend(
-                            q,
-                            len,
-                            |j| &rows[j * 3 * d + d + hh * hd..][..hd],
-                            |j| &rows[j * 3 * d + 2 * d + hh * hd..][..hd],
-                            probs,
-                            &mut att[(start + i) * d + hh * hd..][..hd],
-                        );
-                    }
+                    attend_heads(
+                        &rows[i * 3 * d..][..d],
+                        heads,
+                        len,
+                        |j| &rows[j * 3 * d + d..][..d],
+                        |j| &rows[j * 3 * d + 2 * d..][..d],
+                        probs,
+                        &mut att[(start + i) * d..][..d],
+                    );
                 }
             }
             out.resize(n * d, 0.0);
@@ -175,7 +173,7 @@ fn ffn(
     wide: &mut Vec<f32>,
     out: &mut Vec<f32>,
 ) {
-    wide.resize(n * f.fc1.n, 0.0);
+    wide.resize(n * f.fc1.n(), 0.0);
     f.fc1.forward(h, n, wide);
     activate(wide, act);
     out.resize(n * d, 0.0);
@@ -399,29 +397,27 @@ impl StepCtx<'_> {
                 att.resize(n * d, 0.0);
                 for i in 0..n {
                     let hist = &self.hist[(r0 + i) * t..(r0 + i + 1) * t];
-                    for hh in 0..heads {
-                        let o = hh * hd;
-                        attend(
-                            &wide[i * 3 * d + o..][..hd],
-                            t + 1,
-                            |j| {
-                                if j < t {
-                                    &pk[j][hist[j] as usize * d + o..][..hd]
-                                } else {
-                                    &nk[i * d + o..][..hd]
-                                }
-                            },
-                            |j| {
-                                if j < t {
-                                    &pv[j][hist[j] as usize * d + o..][..hd]
-                                } else {
-                                    &nv[i * d + o..][..hd]
-                                }
-                            },
-                            probs,
-                            &mut att[i * d + o..][..hd],
-                        );
-                    }
+                    attend_heads(
+                        &wide[i * 3 * d..][..d],
+                        heads,
+                        t + 1,
+                        |j| {
+                            if j < t {
+                                &pk[j][hist[j] as usize * d..][..d]
+                            } else {
+                                &nk[i * d..][..d]
+                            }
+                        },
+                        |j| {
+                            if j < t {
+                                &pv[j][hist[j] as usize * d..][..d]
+                            } else {
+                                &nv[i * d..][..d]
+                            }
+                        },
+                        probs,
+                        &mut att[i * d..][..d],
+                    );
                 }
                 out.resize(n * d, 0.0);
                 f.out.forward(att, n, out);
@@ -435,17 +431,15 @@ impl StepCtx<'_> {
                 for i in 0..n {
                     let (ck, cv) = &self.cross[self.row_sent[r0 + i] as usize][li];
                     let len = ck.len() / d;
-                    for hh in 0..heads {
-                        let o = hh * hd;
-                        attend(
-                            &wide[i * d + o..][..hd],
-                            len,
-                            |j| &ck[j * d + o..][..hd],
-                            |j| &cv[j * d + o..][..hd],
-                            probs,
-                            &mut att[i * d + o..][..hd],
-                        );
-                    }
+                    attend_heads(
+                        &wide[i * d..][..d],
+                        heads,
+                        len,
+                        |j| &ck[j * d..][..d],
+                        |j| &cv[j * d..][..d],
+                        probs,
+                        &mut att[i * d..][..d],
+                    );
                 }
                 out.resize(n * d, 0.0);
                 f.out.forward(att, n, out);
@@ -457,9 +451,10 @@ impl StepCtx<'_> {
         if let Some(nm) = &m.dec_final {
             nm.apply(x);
         }
-        let vocab = m.output.n;
+        let vocab = m.output.n();
         m.output.forward(x, n, lprobs);
-        log_softmax(lprobs, vocab);
+        let fast = m.compute_type != super::ComputeType::Float32;
+        log_softmax(lprobs, vocab, fast);
     }
 }
 

@@ -1,6 +1,7 @@
 //! `y = x · Wᵀ (+ b)` for the native engine: weights packed once at load
-//! time into panels of [`NR`] output columns, a register-blocked AVX2/FMA
-//! micro-kernel ([`MR`] rows × [`NR`] columns), and a portable fallback.
+//! time into panels of [`NR`] output columns, register-blocked AVX-512F and
+//! AVX2/FMA micro-kernels ([`MR`] rows × [`NR`] columns, chosen from the
+//! CPU's flags: [`kernels`]), and a portable fallback.
 //!
 //! Every output element is summed in the same order whatever the number of
 //! rows and whichever row it is on: `k` runs upwards in blocks of [`KC`],
@@ -55,8 +56,17 @@ impl Packed {
         }
     }
 
+    /// Resident bytes of the packed weight.
+    pub fn bytes(&self) -> usize {
+        4 * (self.panels.len() + self.bias.as_ref().map_or(0, Vec::len))
+    }
+
     /// `out[m × n] = x[m × k] · Wᵀ + b` (`x` and `out` row-major, contiguous).
     pub fn forward(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        self.forward_with(kernel(), x, m, out)
+    }
+
+    fn forward_with(&self, kernel: Kernel, x: &[f32], m: usize, out: &mut [f32]) {
         let (k, n) = (self.k, self.n);
         assert!(x.len() >= m * k && out.len() >= m * n, "gemm operand sizes");
         if m == 0 || n == 0 {
@@ -65,7 +75,6 @@ impl Packed {
         if k == 0 {
             out[..m * n].fill(0.0);
         }
-        let kernel = kernel();
         let np = n.div_ceil(NR);
         let mut tile = [0.0f32; MR * NR];
         for k0 in (0..k).step_by(KC) {
@@ -108,19 +117,28 @@ impl Packed {
 /// `tile[r][c] = Σ_p a[r·lda + p] · b[p·NR + c]` for `r < mr`, `p < kc`.
 type Kernel = fn(usize, usize, &[f32], usize, &[f32], &mut [f32; MR * NR]);
 
+/// The float32 kernels this CPU runs, fastest first (the portable one
+/// last). All sum every element in the same order (one fused multiply-add
+/// per `p`, upwards), so they give the same bits.
+pub fn kernels() -> Vec<(&'static str, Kernel)> {
+    let mut v: Vec<(&'static str, Kernel)> = vec![];
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            v.push(("avx512f", x86::kernel512 as Kernel));
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            v.push(("avx2-fma", x86::kernel as Kernel));
+        }
+    }
+    v.push(("portable", portable as Kernel));
+    v
+}
+
 fn kernel() -> Kernel {
     static K: OnceLock<Kernel> = OnceLock::new();
-    *K.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                return x86::kernel;
-            }
-        }
-        portable
-    })
+    *K.get_or_init(|| kernels()[0].1)
 }
 
 /// True when the AVX2/FMA micro-kernel runs on this CPU.
@@ -178,6 +196,52 @@ mod x86 {
         }
     }
 
+    pub fn kernel512(
+        mr: usize,
+        kc: usize,
+        a: &[f32],
+        lda: usize,
+        b: &[f32],
+        tile: &mut [f32; MR * NR],
+    ) {
+        assert!((1..=MR).contains(&mr) && b.len() >= kc * NR);
+        assert!(a.len() >= (mr - 1) * lda + kc);
+        // SAFETY: chosen only when AVX-512F is available; the asserts above
+        // bound every read of `a` and `b`.
+        unsafe {
+            match mr {
+                6 => run512::<6>(kc, a.as_ptr(), lda, b.as_ptr(), tile),
+                5 => run512::<5>(kc, a.as_ptr(), lda, b.as_ptr(), tile),
+                4 => run512::<4>(kc, a.as_ptr(), lda, b.as_ptr(), tile),
+                3 => run512::<3>(kc, a.as_ptr(), lda, b.as_ptr(), tile),
+                2 => run512::<2>(kc, a.as_ptr(), lda, b.as_ptr(), tile),
+                _ => run512::<1>(kc, a.as_ptr(), lda, b.as_ptr(), tile),
+            }
+        }
+    }
+
+    /// One 16-wide register per row: every element gets the same fused
+    /// multiply-adds in the same order as in [`run`].
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run512<const R: usize>(
+        kc: usize,
+        a: *const f32,
+        lda: usize,
+        b: *const f32,
+        tile: &mut [f32; MR * NR],
+    ) {
+        let mut c = [_mm512_setzero_ps(); R];
+        for p in 0..kc {
+            let bv = _mm512_loadu_ps(b.add(p * NR));
+            for (r, c) in c.iter_mut().enumerate() {
+                *c = _mm512_fmadd_ps(_mm512_set1_ps(*a.add(r * lda + p)), bv, *c);
+            }
+        }
+        for (r, c) in c.iter().enumerate() {
+            _mm512_storeu_ps(tile.as_mut_ptr().add(r * NR), *c);
+        }
+    }
+
     #[target_feature(enable = "avx2,fma")]
     unsafe fn run<const R: usize>(
         kc: usize,
@@ -226,6 +290,8 @@ mod tests {
 
     #[test]
     fn matches_a_plain_product_at_odd_sizes() {
+        let names: Vec<_> = kernels().iter().map(|k| k.0).collect();
+        eprintln!("float32 kernels on this CPU: {names:?}");
         let mut seed = 1u32;
         let mut rnd = move || {
             seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
@@ -255,6 +321,14 @@ mod tests {
             let mut one = vec![0.0; n];
             p.forward(&x[(m - 1) * k..], 1, &mut one);
             assert_eq!(&one[..], &y[(m - 1) * n..], "{m}x{k}x{n}: last row alone");
+            // Every kernel gives the portable kernel's bits.
+            let mut want = vec![f32::NAN; m * n];
+            p.forward_with(portable, &x, m, &mut want);
+            for (name, kern) in kernels() {
+                let mut got = vec![f32::NAN; m * n];
+                p.forward_with(kern, &x, m, &mut got);
+                assert_eq!(got, want, "{name} at {m}x{k}x{n}");
+            }
         }
     }
 }

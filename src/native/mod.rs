@@ -13,13 +13,112 @@
 //!   (rows keep their ancestry), cross-attention keys and values are kept
 //!   once per sentence instead of once per beam.
 //!
+//! * [`quant`]: int8 (per-channel weight scales, per-row activation
+//!   scales) and bfloat16 linear maps, kernels chosen from the CPU's flags
+//!   (AVX-512 VNNI, AVX2, AVX512_BF16, portable); see its docs for the
+//!   scheme. [`ComputeType`] picks one (`--compute-type`).
+//!
 //! It implements [`crate::runtime::Backend`] through [`Backend::begin`]
-//! (beam search) and [`Backend::forced`] (scoring); it runs no ONNX graphs,
-//! float32 only.
+//! (beam search) and [`Backend::forced`] (scoring); it runs no ONNX graphs.
+//! Everything but the linear maps (embeddings, LayerNorm, attention,
+//! softmax) stays float32 whatever the compute type.
 
 pub mod engine;
 pub mod gemm;
 pub mod model;
+pub mod quant;
+
+/// The precision of the native engine's linear maps (CTranslate2's words).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ComputeType {
+    Float32,
+    Int8,
+    Bfloat16,
+    /// The fastest type whose accuracy gate passes on this CPU
+    /// ([`ComputeType::resolve`]).
+    Auto,
+}
+
+/// `auto`'s int8 gate: the largest relative reconstruction error
+/// `‖W − Ŵ‖_F / ‖W‖_F` a weight matrix may have after int8 quantization
+/// with per-row scales. Rows of roughly uniform or Gaussian weights land
+/// near 1 % (step / √12 against a spread of a few steps×10); a matrix whose
+/// rows are dominated by a few outliers goes above it.
+pub const INT8_GATE: f64 = 0.02;
+
+impl ComputeType {
+    pub fn name(self) -> &'static str {
+        match self {
+            ComputeType::Float32 => "float32",
+            ComputeType::Int8 => "int8",
+            ComputeType::Bfloat16 => "bfloat16",
+            ComputeType::Auto => "auto",
+        }
+    }
+
+    /// A concrete type for `model` on this CPU. `auto` tries, fastest
+    /// first: int8 when the CPU has an int8 SIMD kernel (VNNI or AVX2) and
+    /// every weight matrix passes [`INT8_GATE`]; bfloat16 when it has
+    /// AVX512_BF16 (bf16 rounding is 2⁻⁹ relative: no gate needed); else
+    /// float32.
+    pub fn resolve(self, model: &crate::spec::Model) -> ComputeType {
+        if self != ComputeType::Auto {
+            return self;
+        }
+        if quant::int8_kernel_name() != "portable" && int8_error(model) <= INT8_GATE {
+            ComputeType::Int8
+        } else if quant::bf16_kernel().is_some() {
+            ComputeType::Bfloat16
+        } else {
+            ComputeType::Float32
+        }
+    }
+}
+
+/// The largest `‖W − Ŵ‖_F / ‖W‖_F` over the model's linear maps.
+pub fn int8_error(model: &crate::spec::Model) -> f64 {
+    let mut worst = 0.0f64;
+    let mut check = |w: ndarray::ArrayView2<f32>| {
+        let (mut err, mut norm) = (0.0f64, 0.0f64);
+        let mut q = vec![0i8; w.ncols()];
+        for row in w.rows() {
+            let row = row.to_vec();
+            let s = quant::quantize_row(&row, &mut q);
+            for (&v, &qv) in row.iter().zip(&q) {
+                err += (v as f64 - qv as f64 * s as f64).powi(2);
+                norm += (v as f64).powi(2);
+            }
+        }
+        if norm > 0.0 {
+            worst = worst.max((err / norm).sqrt());
+        }
+    };
+    use crate::spec::{Attention, FeedForward, Linear};
+    let w = &model.weights;
+    fn attn(a: &Attention) -> [&Linear; 4] {
+        [&a.q, &a.k, &a.v, &a.out]
+    }
+    fn ffn(f: &FeedForward) -> [&Linear; 2] {
+        [&f.fc1, &f.fc2]
+    }
+    let mut linears: Vec<&Linear> = vec![];
+    for l in &w.encoder_layers {
+        linears.extend(attn(&l.self_attn.f).into_iter().chain(ffn(&l.ffn.f)));
+    }
+    for l in &w.decoder_layers {
+        linears.extend(
+            attn(&l.self_attn.f)
+                .into_iter()
+                .chain(attn(&l.cross_attn.f)),
+        );
+        linears.extend(ffn(&l.ffn.f));
+    }
+    for l in linears {
+        check(l.weight.view());
+    }
+    check(w.output_projection.view());
+    worst
+}
 
 use crate::export::{GraphInfo, GraphKind, Precision};
 use crate::runtime::{Backend, EncoderState, Outputs, Session, Value};
@@ -35,21 +134,48 @@ pub struct NativeBackend {
 }
 
 impl NativeBackend {
-    /// Prepares `model` (packs its weights); `threads` defaults to the
-    /// number of CPUs.
+    /// Prepares `model` (packs its weights) in float32; `threads` defaults
+    /// to the number of CPUs.
     pub fn new(model: &crate::spec::Model, threads: Option<usize>) -> Result<NativeBackend> {
+        NativeBackend::with_compute_type(model, threads, ComputeType::Float32)
+    }
+
+    /// As [`NativeBackend::new`], with the linear maps in `ct` (`auto`
+    /// resolved here).
+    pub fn with_compute_type(
+        model: &crate::spec::Model,
+        threads: Option<usize>,
+        ct: ComputeType,
+    ) -> Result<NativeBackend> {
+        NativeBackend::from_model(model.clone(), threads, ct)
+    }
+
+    /// As [`NativeBackend::with_compute_type`], consuming `model` (lower
+    /// load peak: [`NativeModel::from_model`]).
+    pub fn from_model(
+        model: crate::spec::Model,
+        threads: Option<usize>,
+        ct: ComputeType,
+    ) -> Result<NativeBackend> {
         let threads = threads
             .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
             .unwrap_or(1)
             .max(1);
         Ok(NativeBackend {
-            model: NativeModel::new(model)?,
+            model: {
+                let ct = ct.resolve(&model);
+                NativeModel::from_model(model, ct)?
+            },
             threads,
         })
     }
 
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    pub fn model(&self) -> &NativeModel {
+        &self.model
     }
 }
 
@@ -87,7 +213,18 @@ impl Session for NativeSession<'_> {
 
 impl Backend for NativeBackend {
     fn name(&self) -> String {
-        format!("native ({} threads)", self.threads)
+        match self.model.compute_type() {
+            ComputeType::Float32 => format!("native ({} threads)", self.threads),
+            ct => format!(
+                "native {} ({} kernel, {} threads)",
+                ct.name(),
+                match ct {
+                    ComputeType::Int8 => quant::int8_kernel_name(),
+                    _ => "avx512-bf16",
+                },
+                self.threads
+            ),
+        }
     }
 
     fn info(&self) -> &GraphInfo {

@@ -5,6 +5,8 @@
 //! follow `shared/spec/fairseq.md` exactly as the exported graphs do.
 
 use super::gemm::Packed;
+use super::quant::{BPacked, QPacked};
+use super::ComputeType;
 use crate::export::GraphInfo;
 use crate::spec::LN_EPS;
 use crate::spec::{self, Activation, Model, Positions};
@@ -123,23 +125,87 @@ impl<F> Sub<F> {
     }
 }
 
+/// A linear map packed for one [`ComputeType`].
+pub(crate) enum Linear {
+    F32(Packed),
+    I8(QPacked),
+    Bf16(BPacked),
+}
+
+impl Linear {
+    /// Packs the rows of `ws` stacked along the output axis (fused
+    /// projections), with `bias` (missing biases are zero).
+    fn new(ws: &[ndarray::ArrayView2<f32>], bias: Option<Vec<f32>>, ct: ComputeType) -> Linear {
+        if ct == ComputeType::Float32 {
+            return Linear::F32(if ws.len() == 1 {
+                Packed::new(ws[0], bias.as_deref())
+            } else {
+                let w = concatenate(Axis(0), ws).expect("validated shapes");
+                Packed::new(w.view(), bias.as_deref())
+            });
+        }
+        // Quantized straight from the model's rows: no packed float copy.
+        let std: Vec<_> = ws.iter().map(|w| w.as_standard_layout()).collect();
+        let k = ws[0].ncols();
+        let rows: Vec<&[f32]> = std
+            .iter()
+            .flat_map(|w| {
+                w.as_slice()
+                    .expect("standard layout")
+                    .chunks_exact(k.max(1))
+            })
+            .collect();
+        match ct {
+            ComputeType::Int8 => Linear::I8(QPacked::new(k, rows.into_iter(), bias)),
+            _ => Linear::Bf16(BPacked::new(k, rows.into_iter(), bias)),
+        }
+    }
+
+    /// `out[m × n] = x[m × k] · Wᵀ + b`.
+    pub(crate) fn forward(&self, x: &[f32], m: usize, out: &mut [f32]) {
+        match self {
+            Linear::F32(p) => p.forward(x, m, out),
+            Linear::I8(p) => p.forward(x, m, out),
+            Linear::Bf16(p) => p.forward(x, m, out),
+        }
+    }
+
+    /// Output width.
+    pub(crate) fn n(&self) -> usize {
+        match self {
+            Linear::F32(p) => p.n,
+            Linear::I8(p) => p.n,
+            Linear::Bf16(p) => p.n,
+        }
+    }
+
+    /// Resident bytes of the packed weight.
+    pub(crate) fn bytes(&self) -> usize {
+        match self {
+            Linear::F32(p) => p.bytes(),
+            Linear::I8(p) => p.bytes(),
+            Linear::Bf16(p) => p.bytes(),
+        }
+    }
+}
+
 /// Self-attention: fused `q|k|v` and the output projection.
 pub(crate) struct SelfAttn {
-    pub qkv: Packed,
-    pub out: Packed,
+    pub qkv: Linear,
+    pub out: Linear,
 }
 
 /// Cross-attention: `q` on the decoder stream, fused `k|v` on the encoder
 /// output, the output projection.
 pub(crate) struct CrossAttn {
-    pub q: Packed,
-    pub kv: Packed,
-    pub out: Packed,
+    pub q: Linear,
+    pub kv: Linear,
+    pub out: Linear,
 }
 
 pub(crate) struct Ffn {
-    pub fc1: Packed,
-    pub fc2: Packed,
+    pub fc1: Linear,
+    pub fc2: Linear,
 }
 
 pub(crate) struct EncoderLayer {
@@ -179,12 +245,12 @@ pub(crate) struct Embed {
 }
 
 impl Embed {
-    fn of(e: &spec::Embedding, max_positions: usize) -> Embed {
+    fn of(e: spec::Embedding, max_positions: usize) -> Embed {
         let d = e.tokens.ncols();
         Embed {
-            tokens: e.tokens.clone(),
+            tokens: e.tokens,
             scale: e.scale,
-            positions: match &e.positions {
+            positions: match e.positions {
                 Positions::None => None,
                 Positions::Sinusoidal => {
                     let rows = spec::position_rows(max_positions);
@@ -194,7 +260,7 @@ impl Embed {
                         freqs: spec::sinusoidal_freqs(d),
                     })
                 }
-                Positions::Learned(t) => Some(PosTable::Learned(t.clone())),
+                Positions::Learned(t) => Some(PosTable::Learned(t)),
             },
             norm: e.layernorm.as_ref().map(Norm::of),
         }
@@ -264,17 +330,13 @@ pub struct NativeModel {
     pub(crate) dec_embed: Embed,
     pub(crate) dec_layers: Vec<DecoderLayer>,
     pub(crate) dec_final: Option<Norm>,
-    pub(crate) output: Packed,
-}
-
-fn packed(l: &spec::Linear) -> Packed {
-    Packed::new(l.weight.view(), l.bias.as_ref().and_then(|b| b.as_slice()))
+    pub(crate) output: Linear,
+    pub(crate) compute_type: ComputeType,
 }
 
 /// Several linears fused along the output axis (missing biases are zero).
-fn fused(ls: &[&spec::Linear]) -> Packed {
+fn fused(ls: &[&spec::Linear], ct: ComputeType) -> Linear {
     let ws: Vec<_> = ls.iter().map(|l| l.weight.view()).collect();
-    let w = concatenate(Axis(0), &ws).expect("validated shapes");
     let bias: Option<Vec<f32>> = ls.iter().any(|l| l.bias.is_some()).then(|| {
         ls.iter()
             .flat_map(|l| match &l.bias {
@@ -283,16 +345,37 @@ fn fused(ls: &[&spec::Linear]) -> Packed {
             })
             .collect()
     });
-    Packed::new(w.view(), bias.as_deref())
+    Linear::new(&ws, bias, ct)
 }
 
 impl NativeModel {
     /// Builds the engine's layout from a recognised model (unfolded or
-    /// folded: residual scales are applied as they are).
+    /// folded: residual scales are applied as they are), in float32.
     pub fn new(m: &Model) -> Result<NativeModel> {
-        crate::spec::validate(m)?;
-        let w = &m.weights;
-        let c = &m.config;
+        NativeModel::with_compute_type(m, ComputeType::Float32)
+    }
+
+    /// As [`NativeModel::new`], with the linear maps in `ct` (a concrete
+    /// type: resolve `auto` first with [`ComputeType::resolve`]).
+    pub fn with_compute_type(m: &Model, ct: ComputeType) -> Result<NativeModel> {
+        NativeModel::from_model(m.clone(), ct)
+    }
+
+    /// As [`NativeModel::with_compute_type`], consuming `m`: each layer's
+    /// float32 weights are freed as soon as that layer is packed, so the
+    /// load peak is the model plus one packed layer, not two models.
+    pub fn from_model(m: Model, ct: ComputeType) -> Result<NativeModel> {
+        ensure!(
+            ct != ComputeType::Auto,
+            "internal error: compute type auto not resolved"
+        );
+        ensure!(
+            ct != ComputeType::Bfloat16 || super::quant::bf16_kernel().is_some(),
+            "--compute-type bfloat16 needs a CPU with AVX512_BF16 (this one has none)"
+        );
+        crate::spec::validate(&m)?;
+        let info = GraphInfo::of(&m);
+        let (c, w) = (m.config, m.weights);
         let enc_d = w.encoder_embed.tokens.ncols();
         let dec_d = w.decoder_embed.tokens.ncols();
         ensure!(
@@ -305,16 +388,17 @@ impl NativeModel {
             "decoder width {dec_d} is not a multiple of {} heads",
             c.decoder_attention_heads
         );
+        let packed = |l: &spec::Linear| fused(&[l], ct);
         let ffn = |f: &spec::FeedForward| Ffn {
             fc1: packed(&f.fc1),
             fc2: packed(&f.fc2),
         };
         let self_attn = |a: &spec::Attention| SelfAttn {
-            qkv: fused(&[&a.q, &a.k, &a.v]),
+            qkv: fused(&[&a.q, &a.k, &a.v], ct),
             out: packed(&a.out),
         };
         Ok(NativeModel {
-            info: GraphInfo::of(m),
+            info,
             activation: c.activation_fn,
             enc_d,
             enc_heads: c.encoder_attention_heads,
@@ -322,27 +406,27 @@ impl NativeModel {
             dec_d,
             dec_heads: c.decoder_attention_heads,
             dec_pre: c.decoder_normalize_before,
-            enc_embed: Embed::of(&w.encoder_embed, c.max_source_positions),
+            enc_embed: Embed::of(w.encoder_embed, c.max_source_positions),
             enc_layers: w
                 .encoder_layers
-                .iter()
+                .into_iter()
                 .map(|l| EncoderLayer {
                     attn: Sub::of(&l.self_attn, self_attn(&l.self_attn.f)),
                     ffn: Sub::of(&l.ffn, ffn(&l.ffn.f)),
                 })
                 .collect(),
             enc_final: w.encoder_final_norm.as_ref().map(Norm::of),
-            dec_embed: Embed::of(&w.decoder_embed, c.max_target_positions),
+            dec_embed: Embed::of(w.decoder_embed, c.max_target_positions),
             dec_layers: w
                 .decoder_layers
-                .iter()
+                .into_iter()
                 .map(|l| DecoderLayer {
                     attn: Sub::of(&l.self_attn, self_attn(&l.self_attn.f)),
                     cross: Sub::of(
                         &l.cross_attn,
                         CrossAttn {
                             q: packed(&l.cross_attn.f.q),
-                            kv: fused(&[&l.cross_attn.f.k, &l.cross_attn.f.v]),
+                            kv: fused(&[&l.cross_attn.f.k, &l.cross_attn.f.v], ct),
                             out: packed(&l.cross_attn.f.out),
                         },
                     ),
@@ -350,12 +434,37 @@ impl NativeModel {
                 })
                 .collect(),
             dec_final: w.decoder_final_norm.as_ref().map(Norm::of),
-            output: Packed::new(w.output_projection.view(), None),
+            output: Linear::new(&[w.output_projection.view()], None, ct),
+            compute_type: ct,
         })
     }
 
     pub fn info(&self) -> &GraphInfo {
         &self.info
+    }
+
+    pub fn compute_type(&self) -> ComputeType {
+        self.compute_type
+    }
+
+    /// Resident bytes of the packed linear maps (embeddings excluded).
+    pub fn linear_bytes(&self) -> usize {
+        let attn = |a: &SelfAttn| a.qkv.bytes() + a.out.bytes();
+        let ffn = |f: &Ffn| f.fc1.bytes() + f.fc2.bytes();
+        let enc: usize = self
+            .enc_layers
+            .iter()
+            .map(|l| attn(&l.attn.f) + ffn(&l.ffn.f))
+            .sum();
+        let dec: usize = self
+            .dec_layers
+            .iter()
+            .map(|l| {
+                let c = &l.cross.f;
+                attn(&l.attn.f) + ffn(&l.ffn.f) + c.q.bytes() + c.kv.bytes() + c.out.bytes()
+            })
+            .sum();
+        enc + dec + self.output.bytes()
     }
 
     pub(crate) fn dec_embed_rows(&self) -> usize {
@@ -385,36 +494,49 @@ pub(crate) fn activate(x: &mut [f32], act: Activation) {
     }
 }
 
-/// `out[hd] = softmax(q · kⱼ) · vⱼ` over keys given by `key(j)` / `value(j)`
-/// slices; `probs` is scratch of at least `n` entries.
-pub(crate) fn attend<'a>(
+/// Attention of one query row over every head in one pass:
+/// `out[h] = softmax(q[h] · kⱼ[h]) · vⱼ[h]` for the `heads` slices of width
+/// `d / heads` of `q`, of the key rows `key(j)` and value rows `value(j)`
+/// (`j < n`, whole `d`-wide rows, each fetched once for all heads).
+/// `probs` is scratch (`heads × n`). Each head's arithmetic is the same as
+/// one head at a time (same dot products, same order of sums over `j`):
+/// only the loops are exchanged.
+pub(crate) fn attend_heads<'a>(
     q: &[f32],
+    heads: usize,
     n: usize,
     key: impl Fn(usize) -> &'a [f32],
     value: impl Fn(usize) -> &'a [f32],
     probs: &mut Vec<f32>,
     out: &mut [f32],
 ) {
+    let hd = q.len() / heads;
     probs.clear();
-    let mut max = f32::NEG_INFINITY;
+    probs.resize(heads * n, 0.0);
+    let mut max = vec![f32::NEG_INFINITY; heads];
     for j in 0..n {
-        let s = dot(q, key(j));
-        max = max.max(s);
-        probs.push(s);
+        let k = key(j);
+        for h in 0..heads {
+            let s = dot(&q[h * hd..][..hd], &k[h * hd..][..hd]);
+            max[h] = max[h].max(s);
+            probs[h * n + j] = s;
+        }
     }
-    let mut sum = 0.0f32;
-    for p in probs.iter_mut() {
-        *p = (*p - max).exp();
-        sum += *p;
+    let mut sum = vec![0.0f32; heads];
+    for h in 0..heads {
+        for p in probs[h * n..][..n].iter_mut() {
+            *p = (*p - max[h]).exp();
+            sum[h] += *p;
+        }
     }
     out.fill(0.0);
-    if n == 0 {
-        return;
-    }
-    for (j, p) in probs.iter().enumerate() {
-        let p = p / sum;
-        for (o, v) in out.iter_mut().zip(value(j)) {
-            *o += p * v;
+    for j in 0..n {
+        let v = value(j);
+        for h in 0..heads {
+            let p = probs[h * n + j] / sum[h];
+            for (o, v) in out[h * hd..][..hd].iter_mut().zip(&v[h * hd..][..hd]) {
+                *o += p * v;
+            }
         }
     }
 }
@@ -436,12 +558,62 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// `x ← log_softmax(x)` per row of width `n`.
-pub(crate) fn log_softmax(x: &mut [f32], n: usize) {
+/// `x ← log_softmax(x)` per row of width `n`. `fast`: the sum of
+/// exponentials with [`exp_sum`] (vectorised, ≤ 2 ulp per term) instead of
+/// libm's `expf` one value at a time; the float32 engine keeps libm (its
+/// output stays bit for bit what it was), the reduced precisions use it
+/// (their own error is ~10⁴ times larger). On a 32k vocabulary the
+/// exponentials cost as much as the int8 output projection.
+pub(crate) fn log_softmax(x: &mut [f32], n: usize, fast: bool) {
     for row in x.chunks_exact_mut(n) {
         let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f32 = row.iter().map(|v| (v - max).exp()).sum();
+        let sum: f32 = if fast && max.is_finite() {
+            exp_sum(row, max)
+        } else {
+            row.iter().map(|v| (v - max).exp()).sum()
+        };
         let lse = sum.ln();
         row.iter_mut().for_each(|v| *v = *v - max - lse);
+    }
+}
+
+/// `Σ exp(v − max)` over `row` (every `v − max ≤ 0`), with a branch-free
+/// exponential the compiler vectorises: `2ⁿ · p(r)`, `r = x − n·ln 2`,
+/// `p` the degree-6 Taylor polynomial (|r| ≤ ln2/2: relative error < 2⁻²³).
+fn exp_sum(row: &[f32], max: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    let exp = |v: f32| {
+        let x = (v - max).max(-87.0);
+        let n = (x * std::f32::consts::LOG2_E).round();
+        let r = x - n * LN2_HI - n * LN2_LO;
+        let p = 1.0
+            + r * (1.0
+                + r * (0.5
+                    + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+        p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+    };
+    let mut acc = [0.0f32; 16];
+    let chunks = row.chunks_exact(16);
+    let tail: f32 = chunks.remainder().iter().map(|&v| exp(v)).sum();
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += exp(v);
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fast_exp_sum_is_within_a_few_ulp_of_libm() {
+        let row: Vec<f32> = (0..1000)
+            .map(|i| ((i * 37) % 1000) as f32 * -0.05 + 3.0)
+            .collect();
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let want: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
+        let got = super::exp_sum(&row, max) as f64;
+        assert!((got - want).abs() <= want * 1e-6, "{got} vs {want}");
     }
 }

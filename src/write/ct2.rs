@@ -99,6 +99,9 @@ enum Value {
     ScalarI8(i8),
 }
 
+/// `(alias, target)` pairs.
+type Aliases = Vec<(String, String)>;
+
 /// A serialized variable: dtype id, shape and little-endian bytes.
 struct Encoded {
     dtype: u8,
@@ -370,12 +373,9 @@ fn quantize_int8(shape: &[usize], data: &[f32]) -> (Encoded, Encoded) {
     )
 }
 
-/// Named variables and (alias, target) pairs, in file order.
-type Finished = (Vec<(String, Encoded)>, Vec<(String, String)>);
-
 /// Sort by name, alias equal non-scalar tensors to the first of them, then
 /// quantize what is left; returns (variables, aliases) in file order.
-fn finish(vars: Vars, q: Quantization) -> Finished {
+fn finish(vars: Vars, q: Quantization) -> (Vec<(String, Encoded)>, Aliases) {
     let mut vars = vars.0;
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     let mut first: HashMap<(Vec<usize>, Vec<u32>), String> = HashMap::new();
@@ -452,10 +452,18 @@ fn serialize(
     Ok(())
 }
 
-/// CTranslate2's token list for a fairseq dictionary: `<pad>` is `<blank>`
-/// (as `converters/fairseq.py` writes it), padded with fairseq's
-/// `madeupwordNNNN` to the table's rows.
+/// CTranslate2's token list for a fairseq dictionary: [`symbols`] with
+/// `<pad>` as `<blank>` (as `converters/fairseq.py` writes it).
 pub fn vocabulary(dict_txt: &str, rows: usize) -> Result<Vec<String>> {
+    Ok(symbols(dict_txt, rows)?
+        .into_iter()
+        .map(|s| if s == "<pad>" { "<blank>".into() } else { s })
+        .collect())
+}
+
+/// A fairseq dictionary's symbols in id order (specials first), padded
+/// with fairseq's `madeupwordNNNN` to the table's `rows`.
+pub fn symbols(dict_txt: &str, rows: usize) -> Result<Vec<String>> {
     let mut d = crate::data::dict::Dictionary::from_dict_txt(dict_txt)?;
     let mut i = 0;
     while d.len() < rows {
@@ -468,16 +476,7 @@ pub fn vocabulary(dict_txt: &str, rows: usize) -> Result<Vec<String>> {
             d.len()
         );
     }
-    Ok(d.symbols()
-        .iter()
-        .map(|s| {
-            if s == "<pad>" {
-                "<blank>".into()
-            } else {
-                s.clone()
-            }
-        })
-        .collect())
+    Ok(d.symbols().to_vec())
 }
 
 /// `config.json`: fairseq's special tokens; `</s>` appended to the source

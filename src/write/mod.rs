@@ -6,6 +6,7 @@
 
 pub mod ct2;
 pub mod fairseq;
+pub mod hf;
 pub mod output;
 pub mod safetensors;
 pub mod torch;

@@ -239,3 +239,50 @@ fn fold_pt_loads_in_stock_fairseq_torch_weights_only_and_ct2_converter() {
         assert!(text.contains("fairseq-generate: 200/200"), "{text}");
     }
 }
+
+/// `export --hf` loads with `AutoModelForSeq2SeqLM.from_pretrained` and its
+/// `generate` gives fairseq-generate's hypotheses (tests/check_hf.py).
+/// Needs torch + transformers (ADMIN_CONVERT_REQUIRE_HF=1 makes a missing
+/// one fail).
+#[test]
+fn hf_export_generates_like_fairseq_for_every_family() {
+    let Some(py) = python_with("torch, transformers", "ADMIN_CONVERT_REQUIRE_HF") else {
+        return;
+    };
+    for f in FAMILIES {
+        let d = tempfile::tempdir().expect("tempdir");
+        let out = d.path().join("hf");
+        let c = fixture(&format!("{}/checkpoint_best.pt", f.ckpt));
+        let dicts = fixture(f.dicts);
+        let o = run(&[
+            "export",
+            c.to_str().expect("utf-8"),
+            "--hf",
+            "-o",
+            out.to_str().expect("utf-8"),
+            "--dict-dir",
+            dicts.to_str().expect("utf-8"),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        for r in f.refs {
+            let o = std::process::Command::new(&py)
+                .arg(root().join("tests/check_hf.py"))
+                .arg(&out)
+                .arg(fixture("corpus/bpe/test.src"))
+                .arg(fixture(&format!("{}/{}", f.ckpt, r.0)))
+                .args(["--beam", &r.1.to_string(), "--lenpen", &r.2.to_string()])
+                .output()
+                .expect("python runs");
+            let text = String::from_utf8_lossy(&o.stdout).to_string();
+            assert!(
+                o.status.success(),
+                "{text}{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            let rep: serde_json::Value = serde_json::from_str(text.trim()).expect("json");
+            eprintln!("{} {} hf: {rep}", f.ckpt, r.0);
+            assert_eq!(rep["class"], "MarianMTModel");
+            assert_eq!(rep["agree"], 200, "{} {}: {rep}", f.ckpt, r.0);
+        }
+    }
+}

@@ -729,3 +729,60 @@ fn folded_and_exported_models_decode_the_same() {
     let bleu = j["scores"]["bleu"]["score"].as_f64().unwrap();
     assert!((bleu - 92.18).abs() < 1.0, "fp16 BLEU {bleu}");
 }
+
+/// `--compare-compute-type`: the native engine's int8 and bfloat16 against
+/// its float32 on every fixture model. Bounds (200 sentences, where one
+/// changed hypothesis moves BLEU by ~0.3): int8 loses at most 1.0 BLEU,
+/// keeps ≥ 97 % of the hypotheses and moves no teacher-forced token
+/// log-prob by more than 0.5; bfloat16 (2⁻⁹ relative rounding, 16× finer
+/// than int8) at most 0.3 BLEU, ≥ 98.5 %, 0.1. The int8 integer sums are
+/// exact, so these hold on every CPU (VNNI, AVX2, portable alike).
+#[test]
+fn reduced_compute_types_on_every_fixture() {
+    let models = [
+        ("admin-fairseq08/checkpoint_best.pt", "data-bin-fairseq08"),
+        ("admintorch-fairseq012/checkpoint_best.pt", "data-bin"),
+        ("postln-fairseq0122/checkpoint_best.pt", "data-bin"),
+        ("postln-fairseq012/checkpoint_best.pt", "data-bin"),
+        (
+            "admin-rezero-fairseq08/checkpoint_best.pt",
+            "data-bin-fairseq08",
+        ),
+    ];
+    let bf16 = admin_convert::native::quant::bf16_kernel().is_some();
+    for (ckpt, data) in models {
+        for (ct, loss, same, forced) in [("int8", 1.0, 194, 0.5), ("bfloat16", 0.3, 197, 0.1)] {
+            let (ckpt, data) = (f(ckpt), f(data));
+            let args = [
+                &ckpt[..],
+                "--data",
+                &data,
+                "--beam",
+                "4",
+                "--remove-bpe",
+                "--json",
+                "--threads",
+                "2",
+                "--compare-compute-type",
+                ct,
+            ];
+            if ct == "bfloat16" && !bf16 {
+                assert_one_line_error(&eval(&args), "AVX512_BF16");
+                continue;
+            }
+            let o = eval(&args);
+            assert!(o.status.success(), "{}", stderr(&o));
+            let j: serde_json::Value = serde_json::from_slice(&o.stdout).expect("one JSON object");
+            let c = &j["compare"];
+            let b32 = j["scores"]["bleu"]["score"].as_f64().unwrap();
+            let b = c["scores"]["bleu"]["score"].as_f64().unwrap();
+            let identical = c["identical"].as_u64().unwrap();
+            let diff = c["max_abs_forced_logprob_diff"].as_f64().unwrap();
+            eprintln!("{ckpt} {ct}: BLEU {b32:.2} -> {b:.2}, {identical}/200 identical, forced {diff:.3e}");
+            assert!(c["backend"].as_str().unwrap().contains(ct), "{c}");
+            assert!(b32 - b <= loss, "{ckpt} {ct}: BLEU {b32} -> {b}");
+            assert!(identical >= same, "{ckpt} {ct}: {identical}/200 identical");
+            assert!(diff > 0.0 && diff <= forced, "{ckpt} {ct}: forced Δ {diff}");
+        }
+    }
+}
