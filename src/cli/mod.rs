@@ -50,7 +50,7 @@ enum Command {
         after_help = "Example:\n  admin-convert fold checkpoint_best.pt    (writes checkpoint_best.folded.safetensors)"
     )]
     Fold(fold::FoldArgs),
-    /// Export ONNX graphs (encoder + cached decoder), fp32 and fp16.
+    /// Export a model directory: ONNX graphs (--onnx), CTranslate2 (--ct2) or Hugging Face (--hf).
     #[command(
         after_help = "Example:\n  admin-convert export checkpoint_best.pt --onnx    (writes checkpoint_best.onnx/)"
     )]
