@@ -10,7 +10,12 @@
 //!   identically (tests/check_fairseq_pt.py; needs torch + fairseq).
 //!
 //! With ADMIN_CONVERT_REQUIRE_ORT=1 a missing `ctranslate2` fails the
-//! test; with ADMIN_CONVERT_REQUIRE_FAIRSEQ=1 a missing torch/fairseq does.
+//! test. The `.pt`-in-fairseq and Hugging Face tests need torch (+ fairseq,
+//! transformers), which CI does not install (~3 GB): they are `#[ignore]`d,
+//! so CI reports them as not run instead of passing them, and when run
+//! (`cargo test --test it -- --ignored deploy::` with ADMIN_CONVERT_PYTHON
+//! pointing at a Python that has them, e.g. the PEER.md venv) a missing
+//! package fails them.
 
 use crate::common::*;
 use std::path::{Path, PathBuf};
@@ -19,7 +24,12 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// $ADMIN_CONVERT_PYTHON (else ./.venv) when it imports `modules`.
+/// A `require_var` that always requires: for tests that only run when asked.
+const ALWAYS: &str = "";
+
+/// $ADMIN_CONVERT_PYTHON (else ./.venv) when it imports `modules`; a
+/// missing module fails the test when `require_var` is set to 1 (or is
+/// [`ALWAYS`]), else the test is skipped with a note.
 fn python_with(modules: &str, require_var: &str) -> Option<PathBuf> {
     let p = std::env::var_os("ADMIN_CONVERT_PYTHON")
         .map(PathBuf::from)
@@ -32,7 +42,7 @@ fn python_with(modules: &str, require_var: &str) -> Option<PathBuf> {
         return Some(p);
     }
     assert!(
-        std::env::var(require_var).as_deref() != Ok("1"),
+        require_var != ALWAYS && std::env::var(require_var).as_deref() != Ok("1"),
         "python with {modules} required ({require_var}=1; run scripts/setup-python.sh)"
     );
     eprintln!("note: no python with {modules}; skipping");
@@ -193,11 +203,9 @@ fn ct2_export_refuses_a_missing_dictionary_and_a_bad_quantization() {
 }
 
 #[test]
+#[ignore = "needs torch + fairseq 0.12 (not in CI): run with --ignored and ADMIN_CONVERT_PYTHON"]
 fn fold_pt_loads_in_stock_fairseq_torch_weights_only_and_ct2_converter() {
-    let Some(py) = python_with(
-        "torch, fairseq, ctranslate2",
-        "ADMIN_CONVERT_REQUIRE_FAIRSEQ",
-    ) else {
+    let Some(py) = python_with("torch, fairseq, ctranslate2", ALWAYS) else {
         return;
     };
     for (ckpt, dicts, reference, base2) in [
@@ -245,8 +253,9 @@ fn fold_pt_loads_in_stock_fairseq_torch_weights_only_and_ct2_converter() {
 /// Needs torch + transformers (ADMIN_CONVERT_REQUIRE_HF=1 makes a missing
 /// one fail).
 #[test]
+#[ignore = "needs torch + transformers (not in CI): run with --ignored and ADMIN_CONVERT_PYTHON"]
 fn hf_export_generates_like_fairseq_for_every_family() {
-    let Some(py) = python_with("torch, transformers", "ADMIN_CONVERT_REQUIRE_HF") else {
+    let Some(py) = python_with("torch, transformers", ALWAYS) else {
         return;
     };
     for f in FAMILIES {
