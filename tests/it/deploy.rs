@@ -9,13 +9,16 @@
 //!   `--unsafe_deserialization`, and stock fairseq-generate decodes it
 //!   identically (tests/check_fairseq_pt.py; needs torch + fairseq).
 //!
-//! With ADMIN_CONVERT_REQUIRE_ORT=1 a missing `ctranslate2` fails the
-//! test. The `.pt`-in-fairseq and Hugging Face tests need torch (+ fairseq,
-//! transformers), which CI does not install (~3 GB): they are `#[ignore]`d,
-//! so CI reports them as not run instead of passing them, and when run
-//! (`cargo test --test it -- --ignored deploy::` with ADMIN_CONVERT_PYTHON
-//! pointing at a Python that has them, e.g. the PEER.md venv) a missing
-//! package fails them.
+//! - `export --hf`: transformers' `generate` gives the same hypotheses
+//!   (tests/check_hf.py; needs torch + transformers).
+//! - `export --ct2` / `--hf` refuse the ReZero fork (no LayerNorm, which
+//!   neither runtime's model class can leave out) with one line.
+//!
+//! ctranslate2 comes from `.venv` ($ADMIN_CONVERT_PYTHON); torch, stock
+//! fairseq 0.12 and transformers from `.venv-torch`
+//! ($ADMIN_CONVERT_TORCH_PYTHON), both made by scripts/setup-python.sh, so
+//! CI runs every test here. With ADMIN_CONVERT_REQUIRE_ORT=1 (as CI sets) a
+//! missing package fails the test; otherwise it is skipped with a note.
 
 use crate::common::*;
 use std::path::{Path, PathBuf};
@@ -24,28 +27,37 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A `require_var` that always requires: for tests that only run when asked.
-const ALWAYS: &str = "";
-
-/// $ADMIN_CONVERT_PYTHON (else ./.venv) when it imports `modules`; a
-/// missing module fails the test when `require_var` is set to 1 (or is
-/// [`ALWAYS`]), else the test is skipped with a note.
-fn python_with(modules: &str, require_var: &str) -> Option<PathBuf> {
-    let p = std::env::var_os("ADMIN_CONVERT_PYTHON")
+/// The Python of `.venv` ($ADMIN_CONVERT_PYTHON): onnx, ctranslate2.
+fn ort_python() -> PathBuf {
+    std::env::var_os("ADMIN_CONVERT_PYTHON")
         .map(PathBuf::from)
-        .unwrap_or_else(|| root().join(".venv/bin/python"));
-    let ok = std::process::Command::new(&p)
+        .unwrap_or_else(|| root().join(".venv/bin/python"))
+}
+
+/// The Python of `.venv-torch` ($ADMIN_CONVERT_TORCH_PYTHON): torch,
+/// fairseq 0.12, transformers, ctranslate2.
+fn torch_python() -> PathBuf {
+    std::env::var_os("ADMIN_CONVERT_TORCH_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join(".venv-torch/bin/python"))
+}
+
+/// `py` when it imports `modules`; otherwise the test fails when
+/// ADMIN_CONVERT_REQUIRE_ORT=1 (CI) and is skipped with a note when not.
+fn python_with(py: PathBuf, modules: &str) -> Option<PathBuf> {
+    let ok = std::process::Command::new(&py)
         .args(["-c", &format!("import {modules}")])
         .status()
         .is_ok_and(|s| s.success());
     if ok {
-        return Some(p);
+        return Some(py);
     }
     assert!(
-        require_var != ALWAYS && std::env::var(require_var).as_deref() != Ok("1"),
-        "python with {modules} required ({require_var}=1; run scripts/setup-python.sh)"
+        std::env::var("ADMIN_CONVERT_REQUIRE_ORT").as_deref() != Ok("1"),
+        "{} cannot import {modules} (ADMIN_CONVERT_REQUIRE_ORT=1; run scripts/setup-python.sh)",
+        py.display()
     );
-    eprintln!("note: no python with {modules}; skipping");
+    eprintln!("note: {} cannot import {modules}; skipping", py.display());
     None
 }
 
@@ -74,6 +86,15 @@ const FAMILIES: &[Family] = &[
             ("generate-best.txt", 4, 1.0, true),
             ("generate-best.lenpen06.txt", 4, 0.6, true),
             ("generate-best.beam1.txt", 1, 1.0, true),
+        ],
+    },
+    Family {
+        ckpt: "admin-deepnet-fairseq08",
+        dicts: "data-bin-deepnet-fairseq08",
+        refs: &[
+            ("generate-best.txt", 4, 0.6, false),
+            ("generate-best.lenpen1.txt", 4, 1.0, false),
+            ("generate-best.beam1.txt", 1, 0.6, false),
         ],
     },
     Family {
@@ -133,7 +154,7 @@ fn check_ct2(
 
 #[test]
 fn ct2_export_decodes_like_fairseq_generate_for_every_family() {
-    let Some(py) = python_with("ctranslate2", "ADMIN_CONVERT_REQUIRE_ORT") else {
+    let Some(py) = python_with(ort_python(), "ctranslate2") else {
         return;
     };
     for f in FAMILIES {
@@ -153,7 +174,7 @@ fn ct2_export_decodes_like_fairseq_generate_for_every_family() {
 
 #[test]
 fn ct2_quantized_exports_run_and_report_agreement() {
-    let Some(py) = python_with("ctranslate2", "ADMIN_CONVERT_REQUIRE_ORT") else {
+    let Some(py) = python_with(ort_python(), "ctranslate2") else {
         return;
     };
     let f = &FAMILIES[0];
@@ -203,20 +224,14 @@ fn ct2_export_refuses_a_missing_dictionary_and_a_bad_quantization() {
 }
 
 #[test]
-#[ignore = "needs torch + fairseq 0.12 (not in CI): run with --ignored and ADMIN_CONVERT_PYTHON"]
 fn fold_pt_loads_in_stock_fairseq_torch_weights_only_and_ct2_converter() {
-    let Some(py) = python_with("torch, fairseq, ctranslate2", ALWAYS) else {
+    let Some(py) = python_with(torch_python(), "torch, fairseq, ctranslate2") else {
         return;
     };
-    for (ckpt, dicts, reference, base2) in [
-        (
-            "admin-fairseq08",
-            "data-bin-fairseq08",
-            "generate-best.txt",
-            false,
-        ),
-        ("postln-fairseq012", "data-bin", "generate-best.txt", true),
-    ] {
+    // check_fairseq_pt.py decodes with beam 4, lenpen 1.
+    for f in FAMILIES {
+        let r = f.refs.iter().find(|r| r.1 == 4 && r.2 == 1.0).expect("ref");
+        let (ckpt, dicts, reference, base2) = (f.ckpt, f.dicts, r.0, r.3);
         let d = tempfile::tempdir().expect("tempdir");
         let out = d.path().join("folded.pt");
         let c = fixture(&format!("{ckpt}/checkpoint_best.pt"));
@@ -250,12 +265,9 @@ fn fold_pt_loads_in_stock_fairseq_torch_weights_only_and_ct2_converter() {
 
 /// `export --hf` loads with `AutoModelForSeq2SeqLM.from_pretrained` and its
 /// `generate` gives fairseq-generate's hypotheses (tests/check_hf.py).
-/// Needs torch + transformers (ADMIN_CONVERT_REQUIRE_HF=1 makes a missing
-/// one fail).
 #[test]
-#[ignore = "needs torch + transformers (not in CI): run with --ignored and ADMIN_CONVERT_PYTHON"]
 fn hf_export_generates_like_fairseq_for_every_family() {
-    let Some(py) = python_with("torch, transformers", ALWAYS) else {
+    let Some(py) = python_with(torch_python(), "torch, transformers") else {
         return;
     };
     for f in FAMILIES {
@@ -294,4 +306,32 @@ fn hf_export_generates_like_fairseq_for_every_family() {
             assert_eq!(rep["agree"], 200, "{} {}: {rep}", f.ckpt, r.0);
         }
     }
+}
+
+/// The ReZero fork folds to a model without LayerNorm, which neither a
+/// CTranslate2 Transformer nor a Marian model can hold: both exports refuse
+/// it with one line, a non-zero exit and nothing at the output path.
+#[test]
+fn ct2_and_hf_exports_refuse_the_layernorm_free_rezero_fork() {
+    let d = tempfile::tempdir().expect("tempdir");
+    let c = fixture("admin-rezero-fairseq08/checkpoint_best.pt");
+    let dicts = fixture("data-bin-fairseq08");
+    for format in ["--ct2", "--hf"] {
+        let out = d.path().join(format.trim_start_matches('-'));
+        let o = run(&[
+            "export",
+            c.to_str().expect("utf-8"),
+            format,
+            "-o",
+            out.to_str().expect("utf-8"),
+            "--dict-dir",
+            dicts.to_str().expect("utf-8"),
+        ]);
+        let err = stderr(&o);
+        assert!(!o.status.success(), "{format}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{format}: {err}");
+        assert!(!out.exists(), "{format} left {}", out.display());
+        eprintln!("{format}: {}", err.trim());
+    }
+    assert_eq!(std::fs::read_dir(d.path()).expect("dir").count(), 0);
 }
