@@ -107,6 +107,12 @@ fn tensors(m: &Model, max_pos: usize) -> Vec<(String, RawTensor)> {
             "decoder.output_projection.weight" => "lm_head.weight".to_string(),
             _ => format!("model.{k}"),
         };
+        let t = match k.as_str() {
+            "encoder.embed_tokens.weight" | "decoder.embed_tokens.weight" => {
+                pad_rows(t, table_rows(&m.config))
+            }
+            _ => t,
+        };
         out.push((name, t));
     }
     let d = m.config.encoder_embed_dim;
@@ -127,12 +133,36 @@ fn tensors(m: &Model, max_pos: usize) -> Vec<(String, RawTensor)> {
     out
 }
 
+/// Rows of both token tables. transformers 4.46's MarianModel builds the
+/// decoder's input table with `vocab_size` rows (not `decoder_vocab_size`)
+/// when the tables are not shared, so with separate dictionaries both
+/// tables get the larger row count; the added rows are zeros that no
+/// input id reaches (source ids < src_vocab, decoder inputs come from
+/// `lm_head`, which keeps tgt_vocab rows).
+fn table_rows(c: &Config) -> usize {
+    c.src_vocab.max(c.tgt_vocab)
+}
+
+/// `t` ([rows, d], float32) with zero rows appended up to `rows`.
+fn pad_rows(t: RawTensor, rows: usize) -> RawTensor {
+    if t.shape[0] >= rows {
+        return t;
+    }
+    let mut bytes = t.bytes.as_slice().to_vec();
+    bytes.resize(rows * t.shape[1] * 4, 0);
+    RawTensor {
+        dtype: t.dtype,
+        shape: vec![rows, t.shape[1]],
+        bytes: bytes.into(),
+    }
+}
+
 fn config(m: &Model, max_pos: usize) -> serde_json::Value {
     let c = &m.config;
     serde_json::json!({
         "architectures": ["MarianMTModel"],
         "model_type": "marian",
-        "vocab_size": c.src_vocab,
+        "vocab_size": table_rows(c),
         "decoder_vocab_size": c.tgt_vocab,
         "d_model": c.encoder_embed_dim,
         "encoder_layers": c.encoder_layers,
