@@ -2,6 +2,8 @@
 //! `decoder.output_projection.weight`, `*.version` buffers, learned position
 //! tables when present; plus the fairseq model arguments that rebuild it
 //! (`load_state_dict(strict=True)` into `TransformerModel.build_model`).
+//! [`plain_carried`] puts a carried top level (`average` / `cast` `-o X.pt`) into the same
+//! plain layout [`checkpoint`] writes.
 
 use super::torch::{Carried, Py};
 use crate::spec::*;
