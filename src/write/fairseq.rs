@@ -398,3 +398,78 @@ pub fn plain_carried(carried: &Carried) -> Carried {
         notes: carried.notes.clone(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meter() -> Py {
+        Py::NewObj {
+            module: "fairseq.meters".into(),
+            name: "AverageMeter".into(),
+            state: Some(Box::new(Py::Dict(vec![(Py::str("val"), Py::Float(1.0))]))),
+        }
+    }
+
+    /// fairseq < 0.10 `args` become `cfg` (all of them in the model group, the
+    /// translation fields in the task group); meters are dropped; `args` is None.
+    #[test]
+    fn args_namespace_becomes_plain_cfg() {
+        let carried = Carried {
+            entries: vec![
+                (
+                    "args".into(),
+                    Py::namespace(vec![
+                        ("arch".into(), Py::str("transformer")),
+                        ("task".into(), Py::str("translation")),
+                        ("data".into(), Py::str("bin")),
+                        ("dropout".into(), Py::Float(0.1)),
+                        ("odd".into(), meter()),
+                    ]),
+                ),
+                (
+                    "extra_state".into(),
+                    Py::Dict(vec![
+                        (Py::str("epoch"), Py::Int(3)),
+                        (
+                            Py::str("meters"),
+                            Py::Dict(vec![(Py::str("loss"), meter())]),
+                        ),
+                    ]),
+                ),
+            ],
+            model_slot: Some(("model".into(), 1)),
+            notes: Vec::new(),
+        };
+        let p = plain_carried(&carried);
+        let keys: Vec<&str> = p.entries.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["args", "cfg", "extra_state", "last_optimizer_state"]);
+        assert!(matches!(p.entries[0].1, Py::None));
+        let cfg = format!("{:?}", p.entries[1].1);
+        assert!(
+            !cfg.contains("fairseq.meters") && !cfg.contains("argparse"),
+            "{cfg}"
+        );
+        assert!(
+            cfg.contains("\"dropout\"") && cfg.contains("\"_name\""),
+            "{cfg}"
+        );
+        let extra = format!("{:?}", p.entries[2].1);
+        assert_eq!(
+            extra,
+            r#"Dict([(Str("epoch"), Int(3)), (Str("meters"), Dict([]))])"#
+        );
+        assert_eq!(p.model_slot, Some(("model".into(), 2)));
+    }
+
+    /// A bare state dict stays bare.
+    #[test]
+    fn bare_state_dict_stays_bare() {
+        let c = Carried {
+            entries: Vec::new(),
+            model_slot: None,
+            notes: Vec::new(),
+        };
+        assert!(plain_carried(&c).model_slot.is_none());
+    }
+}
