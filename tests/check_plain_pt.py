@@ -7,7 +7,8 @@
    (`tied: a = b = c`).
 2. Unless DATA_DIR is `-`, stock fairseq 0.12 loads the first file
    (`load_model_ensemble_and_task`, strict) and its model holds the file's tensors:
-   prints `fairseq: loaded N tensors`.
+   prints `fairseq: loaded N tensors`; and CTranslate2's fairseq converter converts it
+   (it reads `cfg['model']` by attribute): prints `ct2-fairseq-converter: ok`.
 """
 import sys
 
@@ -41,6 +42,13 @@ def main(data, pts):
     for k, t in tensors[0].items():
         assert torch.equal(sd[k].to(t.dtype), t), f"fairseq's {k} differs from the file's"
     print(f"fairseq: loaded {len(tensors[0])} tensors")
+    import tempfile
+
+    from ctranslate2.converters.fairseq import FairseqConverter
+
+    with tempfile.TemporaryDirectory() as out:
+        FairseqConverter(pts[0], data).convert(out, force=True)
+    print("ct2-fairseq-converter: ok")
 
 
 if __name__ == "__main__":
