@@ -149,7 +149,11 @@ fn fold_average(
     let (folded, summary) = fold_with_summary(&rec.model, FoldMode::Exact);
     let check = super::fold_check(&rec.model, &folded)?;
     Ok(Folded {
-        tensors: crate::write::fairseq::state_dict(&folded, DType::F32).tensors,
+        tensors: {
+            let mut t = crate::write::fairseq::state_dict(&folded, DType::F32).tensors;
+            crate::write::fairseq::tie(&mut t, folded.tying);
+            t
+        },
         summary,
         check,
         args: crate::write::fairseq::fairseq_args(&folded),
@@ -181,12 +185,24 @@ pub fn run(a: AverageArgs) -> Result<ExitCode> {
     };
 
     let dtype = a.dtype.unwrap_or(DType::F32);
-    let mut out = Vec::with_capacity(tensors.len());
+    let mut out: Vec<(String, RawTensor)> = Vec::with_capacity(tensors.len());
     let mut per = Vec::new();
+    // Tied tensors (one buffer) are cast once and stay tied.
+    let mut cast_of: std::collections::HashMap<(usize, usize), usize> = Default::default();
     for (name, t) in tensors {
         if t.dtype.is_float() && t.dtype != dtype && a.dtype.is_some() {
+            let id = (
+                t.bytes.as_slice().as_ptr() as usize,
+                t.bytes.as_slice().len(),
+            );
+            if let Some(&i) = cast_of.get(&id).filter(|_| id.1 > 0) {
+                let c = out[i].1.clone();
+                out.push((name, c));
+                continue;
+            }
             let (c, st) = cast_tensor(&t, dtype);
             per.push((name.clone(), st));
+            cast_of.insert(id, out.len());
             out.push((name, c));
         } else {
             out.push((name, t));

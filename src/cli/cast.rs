@@ -79,7 +79,10 @@ pub(super) fn write_output(
     args: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<()> {
     match format {
-        OutFormat::TorchZip => torch_write::write(path, &carried.with_model(tensors)),
+        OutFormat::TorchZip => {
+            let plain = crate::write::fairseq::plain_carried(carried);
+            torch_write::write(path, &plain.with_model(tensors))
+        }
         OutFormat::Safetensors => {
             if !args.is_empty() {
                 metadata.insert(

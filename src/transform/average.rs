@@ -211,6 +211,37 @@ fn key_difference(first: &[String], other: &[String], first_path: &Path) -> Opti
     }
 }
 
+/// The (entry, earlier entry) index pairs of `ckpt` that share one storage (tied tables).
+fn input_ties(ckpt: &Checkpoint) -> Vec<(usize, usize)> {
+    let index: std::collections::HashMap<&str, usize> = ckpt
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.name.as_str(), i))
+        .collect();
+    ckpt.entries
+        .iter()
+        .enumerate()
+        .filter_map(|(i, e)| Some((i, *index.get(e.tied_to.as_deref()?)?)))
+        .collect()
+}
+
+/// Make the averages of tied entries one tensor again (one storage in a `.pt`), where
+/// their averaged bytes agree (they do when every input ties them).
+fn retie(tensors: &mut [(String, RawTensor)], ties: &[(usize, usize)]) {
+    for &(i, j) in ties {
+        let (Some(a), Some(b)) = (tensors.get(i), tensors.get(j)) else {
+            continue;
+        };
+        let same = a.1.dtype == b.1.dtype
+            && a.1.shape == b.1.shape
+            && a.1.bytes.as_slice() == b.1.bytes.as_slice();
+        if same {
+            tensors[i].1 = tensors[j].1.clone();
+        }
+    }
+}
+
 /// Average `inputs` in the order given (fairseq's `--inputs`). Peak memory is one
 /// accumulator per tensor plus the one input being read. `progress` advances once per
 /// tensor read; its length is set when the first input is open.
@@ -220,6 +251,8 @@ pub fn average(inputs: &[PathBuf], progress: &ProgressBar) -> Result<Averaged, R
     };
     let n = inputs.len();
     let mut keys: Vec<String> = Vec::new();
+    // (entry, earlier entry) pairs sharing one storage in the first input.
+    let mut ties: Vec<(usize, usize)> = Vec::new();
     let mut accs: Vec<(Vec<usize>, Acc)> = Vec::new();
     let mut carried = None;
     let mut hparams = Hparams::new();
@@ -241,6 +274,7 @@ pub fn average(inputs: &[PathBuf], progress: &ProgressBar) -> Result<Averaged, R
             carried = Some(Carried::from_checkpoint(&ckpt));
             hparams = ckpt.hparams.clone();
             metadata = ckpt.metadata.clone();
+            ties = input_ties(&ckpt);
             keys = names;
         } else if let Some(msg) = key_difference(&keys, &names, first_path) {
             return Err(ReadError::new(path, msg));
@@ -269,11 +303,12 @@ pub fn average(inputs: &[PathBuf], progress: &ProgressBar) -> Result<Averaged, R
         }
         // `ckpt` (and its memory map) is dropped here, before the next input opens.
     }
-    let tensors = keys
+    let mut tensors: Vec<(String, RawTensor)> = keys
         .into_iter()
         .zip(accs)
         .map(|(k, (shape, acc))| (k, acc.finish(shape, n)))
         .collect();
+    retie(&mut tensors, &ties);
     let mut notes = Vec::new();
     if input_dtypes.contains_key(&DType::F16) {
         notes.push("f16 tensors were upcast to f32 before summing (as fairseq does)".into());

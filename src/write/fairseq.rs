@@ -2,8 +2,10 @@
 //! `decoder.output_projection.weight`, `*.version` buffers, learned position
 //! tables when present; plus the fairseq model arguments that rebuild it
 //! (`load_state_dict(strict=True)` into `TransformerModel.build_model`).
+//! [`plain_carried`] puts a carried top level (`average` / `cast` `-o X.pt`) into the same
+//! plain layout [`checkpoint`] writes.
 
-use super::torch::Py;
+use super::torch::{Carried, Py};
 use crate::spec::*;
 use crate::tensor::{DType, RawTensor};
 use crate::transform::cast::{self, CastStats};
@@ -229,7 +231,7 @@ pub fn checkpoint(m: &Model, dtype: DType) -> (Py, CastStats) {
 }
 
 /// Make tied tables one tensor again (one storage in the `.pt`).
-fn tie(tensors: &mut [(String, RawTensor)], t: Tying) {
+pub fn tie(tensors: &mut [(String, RawTensor)], t: Tying) {
     let find = |ts: &[(String, RawTensor)], n: &str| ts.iter().position(|(k, _)| k == n);
     let mut share = |from: &str, to: &str| {
         if let (Some(a), Some(b)) = (find(tensors, from), find(tensors, to)) {
@@ -246,5 +248,228 @@ fn tie(tensors: &mut [(String, RawTensor)], t: Tying) {
             "decoder.embed_tokens.weight",
             "decoder.output_projection.weight",
         );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Carried top levels in fairseq 0.12's plain layout
+
+/// Fields of fairseq 0.12's `TranslationConfig`: `cfg['task']` may hold only these
+/// (fairseq merges it into the dataclass, which refuses unknown keys).
+const TRANSLATION_FIELDS: &[&str] = &[
+    "data",
+    "source_lang",
+    "target_lang",
+    "load_alignments",
+    "left_pad_source",
+    "left_pad_target",
+    "max_source_positions",
+    "max_target_positions",
+    "upsample_primary",
+    "truncate_source",
+    "num_batch_buckets",
+    "train_subset",
+    "dataset_impl",
+    "required_seq_len_multiple",
+];
+
+/// `v` reduced to plain data (None, bools, numbers, strings, lists, tuples, dicts with
+/// string keys; an `argparse.Namespace` becomes a dict of its attributes), or `None`
+/// when it is none of these. Entries that are not plain data are dropped.
+pub fn plain(v: &Py) -> Option<Py> {
+    let pairs = |d: &[(Py, Py)]| -> Vec<(Py, Py)> {
+        d.iter()
+            .filter(|(k, _)| matches!(k, Py::Str(_)))
+            .filter_map(|(k, v)| Some((k.clone(), plain(v)?)))
+            .collect()
+    };
+    Some(match v {
+        Py::None | Py::Bool(_) | Py::Int(_) | Py::BigInt(_) | Py::Float(_) | Py::Str(_) => {
+            v.clone()
+        }
+        Py::List(l) => Py::List(l.iter().filter_map(plain).collect()),
+        Py::Tuple(l) => Py::Tuple(l.iter().filter_map(plain).collect()),
+        Py::Dict(d) | Py::OrderedDict(d) => Py::Dict(pairs(d)),
+        Py::NewObj {
+            module,
+            name,
+            state: Some(s),
+        } if module == "argparse" && name == "Namespace" => match s.as_ref() {
+            Py::Dict(d) => Py::Dict(pairs(d)),
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
+/// The string-keyed pairs of a plain dict.
+fn str_pairs(v: &Py) -> Vec<(String, Py)> {
+    match v {
+        Py::Dict(d) => d
+            .iter()
+            .filter_map(|(k, v)| match k {
+                Py::Str(k) => Some((k.clone(), v.clone())),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn lookup<'a>(pairs: &'a [(String, Py)], key: &str) -> Option<&'a Py> {
+    pairs.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v)
+}
+
+/// `cfg` built from fairseq < 0.10 `args` (plain attributes): the model group carries
+/// every attribute, the task group the translation fields.
+fn cfg_from_args(args: &[(String, Py)]) -> Py {
+    let mut model = args.to_vec();
+    if lookup(&model, "_name").is_none() {
+        let arch = lookup(args, "arch").cloned().unwrap_or(Py::None);
+        model.push(("_name".into(), arch));
+    }
+    let task_name = lookup(args, "task")
+        .cloned()
+        .unwrap_or_else(|| Py::str("translation"));
+    let mut task = vec![("_name", task_name)];
+    for f in TRANSLATION_FIELDS {
+        if let Some(v) = lookup(args, f) {
+            task.push((f, v.clone()));
+        }
+    }
+    dict(vec![
+        ("_name", Py::None),
+        ("common", dict(vec![("_name", Py::None)])),
+        ("model", attr_dict(model)),
+        ("task", dict(task)),
+    ])
+}
+
+/// `carried` in fairseq 0.12's layout with no pickled classes, so
+/// `torch.load(weights_only=True)` reads it: `args` None; `cfg` plain nested dicts from
+/// the input's `cfg` or `args` (`cfg['model']` an attribute-carrying OrderedDict, as
+/// [`checkpoint`] writes it); every other entry reduced to [`plain`] data (dropped when
+/// nothing is left); `last_optimizer_state` None. A bare state dict stays bare.
+pub fn plain_carried(carried: &Carried) -> Carried {
+    if carried.model_slot.is_none() {
+        return carried.clone();
+    }
+    let get = |key: &str| {
+        carried
+            .entries
+            .iter()
+            .find(|(k, v)| k == key && !matches!(v, Py::None))
+            .and_then(|(_, v)| plain(v))
+    };
+    let args = get("args").map(|a| str_pairs(&a));
+    let cfg = match (get("cfg"), &args) {
+        (_, Some(args)) if !args.is_empty() => Some(cfg_from_args(args)),
+        (Some(cfg), _) => {
+            let groups = str_pairs(&cfg)
+                .into_iter()
+                .map(|(k, v)| match k.as_str() {
+                    "model" if matches!(v, Py::Dict(_)) => (k, attr_dict(str_pairs(&v))),
+                    _ => (k, v),
+                })
+                .map(|(k, v)| (Py::Str(k), v))
+                .collect();
+            Some(Py::Dict(groups))
+        }
+        _ => None,
+    };
+    let mut entries = vec![("args".to_string(), Py::None)];
+    if let Some(cfg) = cfg {
+        entries.push(("cfg".into(), cfg));
+    }
+    let model_at = entries.len();
+    for (k, v) in &carried.entries {
+        if matches!(k.as_str(), "args" | "cfg" | "last_optimizer_state") {
+            continue;
+        }
+        if let Some(p) = plain(v) {
+            entries.push((k.clone(), p));
+        }
+    }
+    entries.push(("last_optimizer_state".into(), Py::None));
+    let (model_key, _) = carried.model_slot.clone().unwrap_or_default();
+    Carried {
+        entries,
+        model_slot: Some((model_key, model_at)),
+        notes: carried.notes.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meter() -> Py {
+        Py::NewObj {
+            module: "fairseq.meters".into(),
+            name: "AverageMeter".into(),
+            state: Some(Box::new(Py::Dict(vec![(Py::str("val"), Py::Float(1.0))]))),
+        }
+    }
+
+    /// fairseq < 0.10 `args` become `cfg` (all of them in the model group, the
+    /// translation fields in the task group); meters are dropped; `args` is None.
+    #[test]
+    fn args_namespace_becomes_plain_cfg() {
+        let carried = Carried {
+            entries: vec![
+                (
+                    "args".into(),
+                    Py::namespace(vec![
+                        ("arch".into(), Py::str("transformer")),
+                        ("task".into(), Py::str("translation")),
+                        ("data".into(), Py::str("bin")),
+                        ("dropout".into(), Py::Float(0.1)),
+                        ("odd".into(), meter()),
+                    ]),
+                ),
+                (
+                    "extra_state".into(),
+                    Py::Dict(vec![
+                        (Py::str("epoch"), Py::Int(3)),
+                        (
+                            Py::str("meters"),
+                            Py::Dict(vec![(Py::str("loss"), meter())]),
+                        ),
+                    ]),
+                ),
+            ],
+            model_slot: Some(("model".into(), 1)),
+            notes: Vec::new(),
+        };
+        let p = plain_carried(&carried);
+        let keys: Vec<&str> = p.entries.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["args", "cfg", "extra_state", "last_optimizer_state"]);
+        assert!(matches!(p.entries[0].1, Py::None));
+        let cfg = format!("{:?}", p.entries[1].1);
+        assert!(
+            !cfg.contains("fairseq.meters") && !cfg.contains("argparse"),
+            "{cfg}"
+        );
+        assert!(
+            cfg.contains("\"dropout\"") && cfg.contains("\"_name\""),
+            "{cfg}"
+        );
+        let extra = format!("{:?}", p.entries[2].1);
+        assert_eq!(
+            extra,
+            r#"Dict([(Str("epoch"), Int(3)), (Str("meters"), Dict([]))])"#
+        );
+        assert_eq!(p.model_slot, Some(("model".into(), 2)));
+    }
+
+    /// A bare state dict stays bare.
+    #[test]
+    fn bare_state_dict_stays_bare() {
+        let c = Carried {
+            entries: Vec::new(),
+            model_slot: None,
+            notes: Vec::new(),
+        };
+        assert!(plain_carried(&c).model_slot.is_none());
     }
 }

@@ -87,13 +87,16 @@ fn fork_average_is_bit_exact() {
         assert_eq!(r["dtype"], "f32");
         assert_bit_identical(&out, &reference);
     }
-    // The .pt keeps fairseq's new_state (the first input's args and extra_state), not the
-    // optimizer state; the .safetensors records the model args.
+    // The .pt keeps fairseq's new_state (the first input's hyper-parameters and extra_state,
+    // as plain data), not the optimizer state; the .safetensors records the model args.
     let pt = Checkpoint::open(&dir.path().join("avg.pt")).unwrap();
     assert_eq!(pt.hparams.get("encoder_layers"), Some(&HValue::Int(2)));
     assert!(pt.other_keys.contains(&"extra_state".to_string()));
-    assert!(!pt.other_keys.contains(&"last_optimizer_state".to_string()));
     let root = pt.torch_root().unwrap();
+    assert!(matches!(
+        root.get("last_optimizer_state"),
+        None | Some(Value::None)
+    ));
     let epoch = root
         .get("extra_state")
         .and_then(|e| e.get("train_iterator"))
@@ -103,13 +106,11 @@ fn fork_average_is_bit_exact() {
         Some(&Value::Int(40)),
         "new_state is the first input's"
     );
-    let meter = root
-        .get("extra_state")
-        .and_then(|e| e.get("train_meters"))
-        .and_then(|m| m.get("valid_loss"));
+    // fairseq.meters objects are not plain data: the .pt drops them (weights_only loads it).
+    let meters = root.get("extra_state").and_then(|e| e.get("train_meters"));
     assert!(
-        matches!(meter, Some(Value::Object { module, .. }) if module == "fairseq.meters"),
-        "fairseq.meters objects survive: {meter:?}"
+        matches!(meters, Some(Value::Dict(d)) if d.is_empty()),
+        "fairseq.meters objects are dropped: {meters:?}"
     );
     let st = Checkpoint::open(&dir.path().join("avg.safetensors")).unwrap();
     assert_eq!(st.hparams.get("encoder_embed_dim"), Some(&HValue::Int(64)));
@@ -133,7 +134,7 @@ fn postln_average_is_bit_exact() {
         assert_bit_identical(&out, &reference);
     }
     let pt = Checkpoint::open(&dir.path().join("avg.pt")).unwrap();
-    // cfg['model'] (a Namespace) survives, so the hyper-parameters are still found.
+    // cfg['model'] (a Namespace, written as a plain attribute dict) keeps the hyper-parameters.
     assert_eq!(
         pt.hparams.get("arch"),
         Some(&HValue::Str("transformer".into()))

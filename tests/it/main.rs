@@ -23,6 +23,7 @@ mod memory;
 mod metrics;
 mod outputs;
 mod parity;
+mod pt_out;
 mod quickstart;
 mod ray;
 mod read;
