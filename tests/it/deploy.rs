@@ -106,6 +106,12 @@ const FAMILIES: &[Family] = &[
             ("generate-best.beam1.txt", 1, 1.0, true),
         ],
     },
+    // Upstream fairseq 0.12.2 (shadow tensors ignored): its one reference decode.
+    Family {
+        ckpt: "postln-fairseq0122",
+        dicts: "data-bin",
+        refs: &[("generate-best.sacrebleu.txt", 4, 1.0, true)],
+    },
 ];
 
 fn export_ct2(f: &Family, dir: &Path, quant: &str) {
