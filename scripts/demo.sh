@@ -22,7 +22,7 @@ echo "== fold (checked on the test set)"
 $bin fold "$ckpt" -o "$out/admin-folded.safetensors" --data $fx/data-bin-fairseq08
 
 echo "== export ONNX"
-$bin export "$out/admin-folded.safetensors" --onnx --fp16 -o "$out/admin-onnx"
+$bin export "$out/admin-folded.safetensors" --onnx --fp16 -o "$out/admin-onnx" --force
 
 echo "== teacher-forced parity (average log-prob per reference token, natural log)"
 ref=$(grep -c '^H-' $fx/admin-fairseq08/score-reference.txt)

@@ -15,8 +15,8 @@ fn eval(args: &[&str]) -> std::process::Output {
     run(&v)
 }
 
-/// Runs eval, asserts success, returns stdout.
-fn eval_ok(args: &[&str]) -> String {
+/// Runs eval and asserts it succeeded.
+fn eval_success(args: &[&str]) -> std::process::Output {
     let o = eval(args);
     assert!(
         o.status.success(),
@@ -25,20 +25,18 @@ fn eval_ok(args: &[&str]) -> String {
         stdout(&o),
         stderr(&o)
     );
-    stdout(&o)
+    o
+}
+
+/// Runs eval, asserts success, returns stdout.
+fn eval_ok(args: &[&str]) -> String {
+    stdout(&eval_success(args))
 }
 
 /// Runs eval, asserts success, returns the hypotheses (stdout) followed by
 /// the summary (stderr when the hypotheses are on stdout).
 fn eval_both(args: &[&str]) -> String {
-    let o = eval(args);
-    assert!(
-        o.status.success(),
-        "eval {args:?} failed ({:?}):\n{}\n{}",
-        o.status.code(),
-        stdout(&o),
-        stderr(&o)
-    );
+    let o = eval_success(args);
     stdout(&o) + &stderr(&o)
 }
 
