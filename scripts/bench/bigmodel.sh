@@ -11,7 +11,8 @@
 #   scripts/bench/bigmodel.sh [PEER_PYTHON]   (default: ../peer/bin/python;
 #                                              needs torch)
 #
-# Needs ~12 GB free disk in $TMPDIR (three checkpoints for `average`).
+# Needs ~12 GB free disk in $TMPDIR (three checkpoints for `average`);
+# WORK=dir builds them there once and reuses them on later runs.
 # ADMIN_CONVERT=path/to/binary skips the build; ONLY="fold eval" runs a subset. Rows: command, wall seconds,
 # peak RSS (MB, GNU time's ru_maxrss of the process), output size (MB).
 set -euo pipefail
@@ -23,8 +24,18 @@ if [ -z "$bin" ]; then
   cargo build --release --quiet
   bin=$(realpath "${CARGO_TARGET_DIR:-target}")/release/admin-convert
 fi
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+# WORK=dir keeps the built checkpoints there and reuses them on the next run.
+if [ -n "${WORK:-}" ]; then
+  work=$WORK
+  mkdir -p "$work"
+else
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+fi
+rm -rf "$work/folded.safetensors" "$work/onnx" "$work/avg.pt"
+if [ -f "$work/checkpoint3.pt" ]; then
+  echo "reusing the checkpoints in $work"
+else
 avail=$(df -Pk "$work" | awk 'NR == 2 {print $4}')
 [ "$avail" -gt $((12 * 1024 * 1024)) ] || { echo "error: need 12 GB free in $work" >&2; exit 1; }
 
@@ -96,6 +107,7 @@ for n in range(3):
     if n == 0:
         print(f"model: {sum(p.numel() for k, p in model.items() if k != 'decoder.embed_tokens.weight' and k != 'decoder.output_projection.weight' and not k.endswith('version')) / 1e6:.0f}M parameters")
 PY
+fi
 ls -l "$work"/checkpoint1.pt | awk '{printf "file: %.2f GB\n", $5 / 1e9}'
 
 row() { printf '%-14s %8s %10s %10s  %s\n' "$@"; }
