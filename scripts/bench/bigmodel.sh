@@ -32,7 +32,9 @@ else
   work=$(mktemp -d)
   trap 'rm -rf "$work"' EXIT
 fi
-rm -rf "$work/folded.safetensors" "$work/onnx" "$work/avg.pt"
+out=${OUT:-$work} # OUT=dir: where the commands write (several runs can share one WORK)
+mkdir -p "$out"
+rm -rf "$out/folded.safetensors" "$out/onnx" "$out/avg.pt"
 if [ -f "$work/checkpoint3.pt" ]; then
   echo "reusing the checkpoints in $work"
 else
@@ -118,20 +120,20 @@ measure() {
   local name=$1 out=$2
   shift 2
   [[ " $only " == *" ${name%% *} "* ]] || return 0
-  if /usr/bin/time -f '%e %M' -o "$work/time" "$@" >"$work/log" 2>&1; then
-    read -r wall rss <"$work/time"
+  if /usr/bin/time -f '%e %M' -o "$out/time" "$@" >"$out/log" 2>&1; then
+    read -r wall rss <"$out/time"
     size=$(du -sm "$out" 2>/dev/null | cut -f1 || echo -)
     row "$name" "$wall" $((rss / 1024)) "${size:--}" ""
   else
-    row "$name" - - - "failed: $(tail -1 "$work/log")"
+    row "$name" - - - "failed: $(tail -1 "$out/log")"
   fi
 }
 ck=$work/checkpoint1.pt
 measure inspect /dev/null "$bin" inspect "$ck"
-measure fold "$work/folded.safetensors" "$bin" fold "$ck" -o "$work/folded.safetensors" \
+measure fold "$out/folded.safetensors" "$bin" fold "$ck" -o "$out/folded.safetensors" \
   --src "$work/test.src" --ref "$work/test.tgt" --dict-dir "$work"
-measure "export --onnx" "$work/onnx" "$bin" export "$ck" --onnx -o "$work/onnx" --dict-dir "$work"
-measure average "$work/avg.pt" "$bin" average "$work/checkpoint1.pt" "$work/checkpoint2.pt" \
-  "$work/checkpoint3.pt" -o "$work/avg.pt"
+measure "export --onnx" "$out/onnx" "$bin" export "$ck" --onnx -o "$out/onnx" --dict-dir "$work"
+measure average "$out/avg.pt" "$bin" average "$work/checkpoint1.pt" "$work/checkpoint2.pt" \
+  "$work/checkpoint3.pt" -o "$out/avg.pt"
 measure "eval (native)" /dev/null "$bin" eval "$ck" --src "$work/test.src" --ref "$work/test.tgt" \
   --dict-dir "$work" --beam 4 --max-len-b 20 --quiet
