@@ -56,26 +56,6 @@ impl GraphSource {
     }
 }
 
-/// Which engine runs the graphs.
-#[derive(Clone, Debug)]
-pub enum Engine {
-    /// tract, pure Rust, CPU.
-    Tract,
-    /// onnxruntime (CPU or CUDA), loaded at run time.
-    Ort(self::ort::OrtOptions),
-}
-
-/// Opens the graphs of `source` on `engine`, as a [`ModelEngine`].
-pub fn open(engine: &Engine, source: GraphSource) -> Result<Box<dyn ModelEngine + Send>> {
-    Ok(match engine {
-        Engine::Tract => Box::new(GraphEngine(self::tract::TractBackend::new(source)?)),
-        Engine::Ort(opts) => Box::new(GraphEngine(self::ort::OrtBackend::new(
-            source,
-            opts.clone(),
-        )?)),
-    })
-}
-
 /// Reads the `admin_convert.info` metadata entry of an exported graph.
 pub(crate) fn parse_info(json: Option<String>, what: &Path) -> Result<GraphInfo> {
     let json = json.with_context(|| {
