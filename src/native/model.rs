@@ -9,7 +9,7 @@ use super::quant::{BPacked, QPacked};
 use super::ComputeType;
 use crate::export::GraphInfo;
 use crate::spec::LN_EPS;
-use crate::spec::{self, Activation, Model, Positions};
+use crate::spec::{self, Activation, Body, Model, Positions, SublayerRef};
 use anyhow::{ensure, Result};
 use ndarray::{concatenate, Array2, Axis};
 use std::sync::Arc;
@@ -81,7 +81,8 @@ pub(crate) struct Sub<F> {
 }
 
 impl<F> Sub<F> {
-    fn of<G>(s: &spec::Sublayer<G>, f: F) -> Sub<F> {
+    /// The sublayer `s` of the spec's walk, with its function packed as `f`.
+    fn of(s: &SublayerRef, f: F) -> Sub<F> {
         Sub {
             f,
             norm: s.norm.as_ref().map(Norm::of),
@@ -472,34 +473,51 @@ impl NativeModel {
             Arc::new(std::mem::take(&mut dec_embed.tokens))
         };
         let packed = |l: &spec::Linear| fused(&[l], ct);
-        let ffn = |f: &spec::FeedForward| Ffn {
-            fc1: packed(&f.fc1),
-            fc2: packed(&f.fc2),
+        let ffn = |s: &SublayerRef| match s.f {
+            Body::FeedForward(f) => Sub::of(
+                s,
+                Ffn {
+                    fc1: packed(&f.fc1),
+                    fc2: packed(&f.fc2),
+                },
+            ),
+            Body::Attention(_) => unreachable!("the walk's FFN slot holds an FFN"),
         };
-        let self_attn = |a: &spec::Attention| SelfAttn {
-            qkv: fused(&[&a.q, &a.k, &a.v], ct),
-            out: packed(&a.out),
+        let attn = |s: &SublayerRef| match s.f {
+            Body::Attention(a) => Sub::of(
+                s,
+                SelfAttn {
+                    qkv: fused(&[&a.q, &a.k, &a.v], ct),
+                    out: packed(&a.out),
+                },
+            ),
+            Body::FeedForward(_) => unreachable!("the walk's attention slot holds attention"),
         };
-        let encoder_layer = |l: E| {
-            let l = l.borrow();
+        let cross = |s: &SublayerRef| match s.f {
+            Body::Attention(a) => Sub::of(
+                s,
+                CrossAttn {
+                    q: packed(&a.q),
+                    kv: fused(&[&a.k, &a.v], ct),
+                    out: packed(&a.out),
+                },
+            ),
+            Body::FeedForward(_) => unreachable!("the walk's attention slot holds attention"),
+        };
+        // Each owned layer is consumed (its float32 weights freed) once packed.
+        let encoder_layer = |(i, l): (usize, E)| {
+            let [a, f] = l.borrow().sublayers(i);
             EncoderLayer {
-                attn: Sub::of(&l.self_attn, self_attn(&l.self_attn.f)),
-                ffn: Sub::of(&l.ffn, ffn(&l.ffn.f)),
+                attn: attn(&a),
+                ffn: ffn(&f),
             }
         };
-        let decoder_layer = |l: D| {
-            let l = l.borrow();
+        let decoder_layer = |(i, l): (usize, D)| {
+            let [a, c, f] = l.borrow().sublayers(i);
             DecoderLayer {
-                attn: Sub::of(&l.self_attn, self_attn(&l.self_attn.f)),
-                cross: Sub::of(
-                    &l.cross_attn,
-                    CrossAttn {
-                        q: packed(&l.cross_attn.f.q),
-                        kv: fused(&[&l.cross_attn.f.k, &l.cross_attn.f.v], ct),
-                        out: packed(&l.cross_attn.f.out),
-                    },
-                ),
-                ffn: Sub::of(&l.ffn, ffn(&l.ffn.f)),
+                attn: attn(&a),
+                cross: cross(&c),
+                ffn: ffn(&f),
             }
         };
         Ok(NativeModel {
@@ -512,10 +530,10 @@ impl NativeModel {
             dec_heads: c.decoder_attention_heads,
             dec_pre: c.decoder_normalize_before,
             enc_embed: Embed::of(enc_embed, enc_tokens, c.max_source_positions),
-            enc_layers: enc.map(encoder_layer).collect(),
+            enc_layers: enc.enumerate().map(encoder_layer).collect(),
             enc_final: w.encoder_final_norm.as_ref().map(Norm::of),
             dec_embed: Embed::of(dec_embed, dec_tokens, c.max_target_positions),
-            dec_layers: dec.map(decoder_layer).collect(),
+            dec_layers: dec.enumerate().map(decoder_layer).collect(),
             dec_final: w.decoder_final_norm.as_ref().map(Norm::of),
             output: Linear::new(&[w.output_projection.view()], None, ct),
             compute_type: ct,
