@@ -26,11 +26,24 @@
 //!
 //! Inside, the residual stream is 2-D (`[batch·len, d]`) so every linear map
 //! is one GEMM; weights are stored `[in, out]` (q|k|v and the cross k|v
-//! fused); the output projection is stored transposed even when tied to the
-//! decoder table (a second copy: both runtimes then pre-pack it). fp16
-//! graphs keep LayerNorm, softmax, GELU and log-softmax in float32.
-//! Initializers of graphs over 1 GiB go to `<file>.onnx.data` (ONNX external
-//! data).
+//! fused). The output projection is a `Gemm` with `transB = 1` over the
+//! `[vocab, d]` table, so a tied projection reads the decoder token table
+//! itself (onnxruntime pre-packs Gemm's constant B either way; tract gets
+//! its own transposed copy at load, see `runtime/tract.rs`). fp16 graphs
+//! keep LayerNorm, softmax, GELU and log-softmax in float32.
+//!
+//! Weights: [`write_dir`] streams every initializer once, tensor by tensor
+//! from the model's arrays (fp16 converted a chunk at a time), into one
+//! ONNX external-data file per precision, `weights.onnx.data` /
+//! `weights_fp16.onnx.data`, that the three graphs refer to by
+//! `location`, `offset`, `length` (4 KiB-aligned for tensors of a page or
+//! more); equal token tables (shared embeddings) are one initializer. The
+//! `.onnx` files hold only the graph structure and its small constants
+//! (tens of kB). Small models use the same layout: one code path. Graphs
+//! built in memory by [`export`] (for `eval` on a checkpoint, the fold
+//! self-check) carry their weights inline instead, each graph its own copy;
+//! onnxruntime spills graphs over the protobuf limit to a temporary
+//! directory in the same layout ([`write_graphs`]).
 //!
 //! Metadata props: `admin_convert.config` (JSON [`Config`](crate::spec::Config)),
 //! `admin_convert.family`, `admin_convert.graph` (`encoder` / `decoder` /

@@ -9,8 +9,9 @@
 //! The bound is derived from the weight bytes W plus 64 MB of fixed cost:
 //! measured on 2026-11-29, fold peaks at 9.7 W (original and folded model,
 //! the native engine's packed copies and the self-check's log-probs side by
-//! side) and export at 3.4 W (weights, the protos of three graphs, their
-//! serialisation); the bounds (11 W, 4 W) guard against regressions. Issue
+//! side) and export at 2.1 W (the model and the checkpoint it was read
+//! from; the graphs hold no weights, which stream to one data file; 3.4 W
+//! before); the bounds (11 W, 2.5 W) guard against regressions. Issue
 //! 13's aims (fold ≤ 3 W, export ≤ 2.4 W on the Transformer-big) are
 //! stricter and not met yet; see the README's bigmodel table.
 
@@ -174,5 +175,6 @@ fn fold_and_export_peak_rss_follow_the_weight_bytes() {
 
 /// Peak RSS over weight bytes allowed for fold (see the module doc).
 const FOLD_K: f64 = 11.0;
-/// Peak RSS over weight bytes allowed for export.
-const EXPORT_K: f64 = 4.0;
+/// Peak RSS over weight bytes allowed for export: measured 2.14 W
+/// (2026-11-29, weights written once and streamed; 3.4 W before).
+const EXPORT_K: f64 = 2.5;
