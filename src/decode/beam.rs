@@ -37,7 +37,7 @@
 //! some rows differently by their position in the batch), as fairseq's do;
 //! scores then agree to about 1e-7, not bit for bit.
 
-use crate::runtime::Backend;
+use crate::runtime::ModelEngine;
 use crate::spec::{EOS, PAD, UNK};
 use anyhow::{bail, ensure, Result};
 use ndarray::{Array1, Array2};
@@ -256,8 +256,8 @@ fn adjust(lprobs: &mut Array2<f32>, step: usize, max_len: usize, opts: &BeamOpti
 /// Beam search over one batch. `src[i]` are source token ids ending with
 /// EOS; returns for each sentence its `nbest` best finished hypotheses,
 /// best first.
-pub fn beam_search(
-    backend: &mut dyn Backend,
+pub fn beam_search<E: ModelEngine + ?Sized>(
+    backend: &mut E,
     src: &[Vec<i64>],
     opts: &BeamOptions,
 ) -> Result<Vec<Vec<Hypothesis>>> {
