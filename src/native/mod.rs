@@ -18,6 +18,15 @@
 //!   (AVX-512 VNNI, AVX2, AVX512_BF16, portable); see its docs for the
 //!   scheme. [`ComputeType`] picks one (`--compute-type`).
 //!
+//! ## Kernel override
+//!
+//! `ADMIN_CONVERT_KERNELS=portable|avx2|native` caps the kernels every
+//! dispatch (float32, int8, bfloat16) may choose: `avx2` runs what an
+//! AVX2-only CPU would (AVX2/FMA float32, AVX2 int8, no bfloat16),
+//! `portable` the plain-Rust fallbacks; `native` (or unset) takes the best
+//! this CPU has. A cap never raises the level above what the CPU has. Any
+//! other value is refused when the engine starts ([`kernel_cap`]).
+//!
 //! It implements [`crate::runtime::Backend`] through [`Backend::begin`]
 //! (beam search) and [`Backend::forced`] (scoring); it runs no ONNX graphs.
 //! Everything but the linear maps (embeddings, LayerNorm, attention,
@@ -27,6 +36,34 @@ pub mod engine;
 pub mod gemm;
 pub mod model;
 pub mod quant;
+
+/// The kernel levels `ADMIN_CONVERT_KERNELS` may cap dispatch at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KernelCap {
+    Portable,
+    Avx2,
+    Native,
+}
+
+/// The environment variable read by [`kernel_cap`].
+pub const KERNELS_ENV: &str = "ADMIN_CONVERT_KERNELS";
+
+/// The cap `ADMIN_CONVERT_KERNELS` sets (unset or empty: `native`).
+pub fn kernel_cap() -> Result<KernelCap> {
+    match std::env::var(KERNELS_ENV).as_deref() {
+        Err(_) | Ok("") | Ok("native") => Ok(KernelCap::Native),
+        Ok("avx2") => Ok(KernelCap::Avx2),
+        Ok("portable") => Ok(KernelCap::Portable),
+        Ok(other) => bail!("{KERNELS_ENV}={other:?}: expected portable, avx2 or native"),
+    }
+}
+
+/// [`kernel_cap`] for the dispatchers, read once (a bad value, refused by
+/// [`NativeBackend`] before any kernel runs, caps nothing here).
+pub(crate) fn cap() -> KernelCap {
+    static CAP: std::sync::OnceLock<KernelCap> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| kernel_cap().unwrap_or(KernelCap::Native))
+}
 
 /// The precision of the native engine's linear maps (CTranslate2's words).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -157,6 +194,7 @@ impl NativeBackend {
         threads: Option<usize>,
         ct: ComputeType,
     ) -> Result<NativeBackend> {
+        kernel_cap()?;
         let threads = threads
             .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
             .unwrap_or(1)
@@ -208,6 +246,19 @@ impl Session for NativeSession<'_> {
 
     fn reorder(&mut self, rows: &[usize], _sentences_changed: bool) -> Result<()> {
         self.0.reorder(rows)
+    }
+
+    fn step_top(
+        &mut self,
+        prev_tokens: ArrayView1<i64>,
+        req: &crate::decode::top::TopRequest,
+    ) -> Result<Option<crate::decode::top::TopStep>> {
+        let prev: Vec<i64> = prev_tokens.to_vec();
+        self.0.step_top(&prev, req).map(Some)
+    }
+
+    fn row_lprobs(&mut self, row: usize) -> Result<Vec<f32>> {
+        self.0.row_lprobs(row)
     }
 }
 
