@@ -32,6 +32,60 @@
 //! Everything but the linear maps (embeddings, LayerNorm, attention,
 //! softmax) stays float32 whatever the compute type.
 
+/// Defines `fn name(args) -> R { body }` compiled three times: for
+/// AVX-512F, for AVX2 and for the baseline, run by what the CPU has and
+/// `ADMIN_CONVERT_KERNELS` allows ([`simd_level`]). The body is plain Rust,
+/// so every version does the same float32 operations in the same order
+/// (Rust never fuses a multiply and an add by itself): the same bits, only
+/// wider vectors.
+macro_rules! multiversion {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),*) -> $r:ty $body:block) => {
+        $(#[$m])*
+        $vis fn $name($($a: $t),*) -> $r {
+            #[inline(always)]
+            fn body($($a: $t),*) -> $r $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn v512($($a: $t),*) -> $r {
+                    body($($a),*)
+                }
+                #[target_feature(enable = "avx2")]
+                unsafe fn v256($($a: $t),*) -> $r {
+                    body($($a),*)
+                }
+                match $crate::native::simd_level() {
+                    // SAFETY: simd_level() says the CPU has the feature.
+                    2 => return unsafe { v512($($a),*) },
+                    1 => return unsafe { v256($($a),*) },
+                    _ => {}
+                }
+            }
+            body($($a),*)
+        }
+    };
+}
+pub(crate) use multiversion;
+
+/// 2: AVX-512F, 1: AVX2, 0: baseline; what the CPU has, capped by
+/// `ADMIN_CONVERT_KERNELS`.
+pub(crate) fn simd_level() -> u8 {
+    static L: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+    *L.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let c = cap();
+            if c >= KernelCap::Native && std::arch::is_x86_feature_detected!("avx512f") {
+                return 2;
+            }
+            if c >= KernelCap::Avx2 && std::arch::is_x86_feature_detected!("avx2") {
+                return 1;
+            }
+        }
+        0
+    })
+}
+
 pub mod engine;
 pub mod gemm;
 pub mod model;

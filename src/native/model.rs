@@ -592,7 +592,7 @@ pub(crate) fn normaliser(tiles: &[(f32, f32)]) -> (f32, f32) {
 
 /// One tile's `(max, Σ exp(v − max))` for [`normaliser`].
 pub(crate) fn tile_stats(tile: &[f32]) -> (f32, f32) {
-    let max = tile.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = row_max(tile);
     let sum = if max.is_finite() {
         exp_sum(tile, max)
     } else if max == f32::NEG_INFINITY {
@@ -601,6 +601,12 @@ pub(crate) fn tile_stats(tile: &[f32]) -> (f32, f32) {
         f32::NAN // +inf: as exp(inf - inf)
     };
     (max, sum)
+}
+
+super::multiversion! {
+fn row_max(x: &[f32]) -> f32 {
+    x.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
 }
 
 /// `x ← log_softmax(x)` per row of width `n`, normalised as [`normaliser`]
@@ -617,6 +623,7 @@ pub(crate) fn log_softmax(x: &mut [f32], n: usize) {
     }
 }
 
+super::multiversion! {
 /// `Σ exp(v − max)` over `row` (every `v − max ≤ 0`), with a branch-free
 /// exponential the compiler vectorises: `2ⁿ · p(r)`, `r = x − n·ln 2`,
 /// `p` the degree-6 Taylor polynomial (|r| ≤ ln2/2: relative error < 2⁻²³).
@@ -625,13 +632,16 @@ fn exp_sum(row: &[f32], max: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6;
     let exp = |v: f32| {
         let x = (v - max).max(-87.0);
-        let n = (x * std::f32::consts::LOG2_E).round();
-        let r = x - n * LN2_HI - n * LN2_LO;
+        // round(y) for y ≤ 0 (half away from zero) without a libm call,
+        // so that the loop vectorises: trunc(y − 0.5), exact here.
+        let n = (x * std::f32::consts::LOG2_E - 0.5) as i32;
+        let nf = n as f32;
+        let r = x - nf * LN2_HI - nf * LN2_LO;
         let p = 1.0
             + r * (1.0
                 + r * (0.5
                     + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-        p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+        p * f32::from_bits(((n + 127) as u32) << 23)
     };
     let mut acc = [0.0f32; 16];
     let chunks = row.chunks_exact(16);
@@ -642,6 +652,7 @@ fn exp_sum(row: &[f32], max: f32) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
+}
 }
 
 #[cfg(test)]

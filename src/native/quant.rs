@@ -49,6 +49,7 @@ pub const NQ: usize = 32;
 /// Rows of one kernel call.
 pub const MQ: usize = 6;
 
+super::multiversion! {
 /// Symmetric int8 quantization of `x` with scale `max|x| / 127`; returns
 /// the scale (1 for an all-zero row).
 pub fn quantize_row(x: &[f32], out: &mut [i8]) -> f32 {
@@ -60,9 +61,14 @@ pub fn quantize_row(x: &[f32], out: &mut [i8]) -> f32 {
     };
     let inv = 1.0 / scale;
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = (v * inv).round().clamp(-127.0, 127.0) as i8;
+        // round() (half away from zero) without a libm call, so that the
+        // loop vectorises: trunc(y ± 0.5) is exact for |y| ≤ 127.
+        let y = v * inv;
+        let r = (y + 0.5f32.copysign(y)) as i32;
+        *o = r.clamp(-127, 127) as i8;
     }
     scale
+}
 }
 
 /// A weight `[n, k]` quantized to int8 with per-row scales, packed in
