@@ -9,6 +9,13 @@
 //! chosen beams, and sentences that are done are dropped from the batch so
 //! the work shrinks as the batch finishes.
 //!
+//! Sessions that can ([`crate::runtime::Session::step_top`]: the native
+//! engine) return per row only the best candidates, the log-probs of PAD,
+//! EOS and UNK and a bound on the rest ([`super::top`]); the selection
+//! below runs on those and falls back to the sentence's full rows when the
+//! bound cannot rule out a left-out token, so the result is the one the
+//! full `[rows, vocab]` log-probs give.
+//!
 //! Numbers follow fairseq's float32 arithmetic: cumulative scores are
 //! float32 sums of the step log-probabilities, a finished hypothesis scores
 //! `cumulative / (len)^lenpen` in float32 (the length counts the EOS), and

@@ -12,6 +12,9 @@
 //!   sentences / decoder rows; the self-attention cache is never copied
 //!   (rows keep their ancestry), cross-attention keys and values are kept
 //!   once per sentence instead of once per beam.
+//!   For beam search the output projection, log-softmax and per-row top-k
+//!   run fused over column tiles ([`engine::Session::step_top`]): no
+//!   `[rows, vocab]` array on large vocabularies.
 //!
 //! * [`quant`]: int8 (per-channel weight scales, per-row activation
 //!   scales) and bfloat16 linear maps, kernels chosen from the CPU's flags

@@ -419,12 +419,22 @@ mod x86 {
         check(mr, groups, a, lda, b, 4);
         assert!(colsum.len() >= NQ);
         // SAFETY: chosen only when `has_vnni()`; `check` bounds every read.
-        unsafe { vnni(mr, groups, a.as_ptr(), lda, b.as_ptr(), colsum, tile) }
+        unsafe {
+            let (a, b) = (a.as_ptr(), b.as_ptr());
+            match mr {
+                6 => vnni::<6>(groups, a, lda, b, colsum, tile),
+                5 => vnni::<5>(groups, a, lda, b, colsum, tile),
+                4 => vnni::<4>(groups, a, lda, b, colsum, tile),
+                3 => vnni::<3>(groups, a, lda, b, colsum, tile),
+                2 => vnni::<2>(groups, a, lda, b, colsum, tile),
+                _ => vnni::<1>(groups, a, lda, b, colsum, tile),
+            }
+        }
     }
 
+    /// `R` rows (a constant, so the 2·R accumulators stay in registers).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn vnni(
-        mr: usize,
+    unsafe fn vnni<const R: usize>(
         groups: usize,
         a: *const i8,
         lda: usize,
@@ -432,14 +442,14 @@ mod x86 {
         colsum: &[i32],
         tile: &mut [i32; MQ * NQ],
     ) {
-        let mut acc = [[_mm512_setzero_si512(); 2]; MQ];
-        let flip = _mm512_set1_epi32(0x8080_8080u32 as i32);
+        let mut acc = [[_mm512_setzero_si512(); 2]; R];
         for g in 0..groups {
             let w0 = _mm512_loadu_si512(b.add(g * 4 * NQ) as *const _);
             let w1 = _mm512_loadu_si512(b.add(g * 4 * NQ + 64) as *const _);
-            for (r, acc) in acc.iter_mut().enumerate().take(mr) {
+            for (r, acc) in acc.iter_mut().enumerate() {
+                // The activation bytes flipped to unsigned (xq + 128).
                 let a4 = (a.add(r * lda + g * 4) as *const i32).read_unaligned();
-                let av = _mm512_xor_si512(_mm512_set1_epi32(a4), flip);
+                let av = _mm512_set1_epi32(a4 ^ 0x8080_8080u32 as i32);
                 acc[0] = _mm512_dpbusd_epi32(acc[0], av, w0);
                 acc[1] = _mm512_dpbusd_epi32(acc[1], av, w1);
             }
@@ -449,7 +459,7 @@ mod x86 {
             _mm512_slli_epi32(cs, 7)
         };
         let (k0, k1) = (c128(0), c128(1));
-        for (r, acc) in acc.iter().enumerate().take(mr) {
+        for (r, acc) in acc.iter().enumerate() {
             let t = tile.as_mut_ptr().add(r * NQ);
             _mm512_storeu_si512(t as *mut _, _mm512_sub_epi32(acc[0], k0));
             _mm512_storeu_si512(t.add(16) as *mut _, _mm512_sub_epi32(acc[1], k1));
