@@ -6,13 +6,13 @@
 //! | step | module | what it does |
 //! |---|---|---|
 //! | read | [`read`] | torch `.pt` (zip and legacy pickle, never executed) and `.safetensors` → named [`tensor::RawTensor`]s + config values |
-//! | model | [`spec`] | the typed [`spec::Model`] and its rules (`spec/rules.rs`: validation, LayerNorm ε, position tables, the walk over sublayers) |
-//! | recognise | [`recognise`] | names + shapes + config → one [`spec::Model`]: `hparams` (flags, presets, validated config), `naming` (one table entry per attention naming), `family` (one table entry per residual family) |
+//! | model | [`spec`] | the typed [`spec::Model`] and its rules (`spec/rules.rs`: validation, LayerNorm ε, position tables, the walk over sublayers that fold, export and the native engine use) |
+//! | recognise | [`recognise`] | names + shapes + config → one [`spec::Model`]: `tensors` (by name and shape), `hparams` (flags, presets, validated config), `naming` (one table entry per attention naming), `family` (one table entry per residual family), `weights` (tables, layers) |
 //! | transform | [`transform`] | fold residual scales (`fold`), dtype conversion with accounting (`cast`), streaming `average` |
 //! | write | [`write`] | fairseq 0.12 state dicts, safetensors, atomic output files; where outputs go and what they may never touch ([`write::output`]) |
 //! | export | [`export`] | ONNX encoder / incremental decoder / teacher-forced graphs, fp32 and fp16 |
-//! | run | [`runtime`], [`native`] | one `Backend` trait: the graphs on tract (pure Rust) or onnxruntime (CPU, CUDA), or the native engine (pure Rust, straight from the weights, the fastest on the CPU) |
-//! | decode | [`decode`] | beam search with fairseq-generate's semantics, length-grouped batching |
+//! | run | [`runtime`], [`native`] | [`runtime::ModelEngine`]: translate / score a batch; the native engine (pure Rust, straight from the weights, the fastest on the CPU) implements it, the graphs on tract (pure Rust) or onnxruntime (CPU, CUDA) through one adapter ([`runtime::GraphEngine`]) over the graph-level [`runtime::Backend`] |
+//! | decode | [`decode`] | beam search with fairseq-generate's semantics (once, over any engine), length-grouped batching |
 //! | score | [`score`], [`verify`] | teacher-forced log-probs; the fold self-check (original, then folded, on the native engine) |
 //! | text | [`data`], [`metrics`] | dictionaries, binarized datasets, finding test sets and dictionaries for every command ([`data::locate`]), BPE removal; fairseq BLEU and sacreBLEU |
 //! | report | [`inspect`], [`cli`] | `admin-convert inspect` and the command line |

@@ -7,7 +7,7 @@
 use crate::export::{self, ExportOptions, Precision};
 use crate::native::NativeBackend;
 use crate::runtime::tract::TractBackend;
-use crate::runtime::{Backend, GraphSource};
+use crate::runtime::{GraphSource, ModelEngine};
 use crate::spec::{Model, EOS, PAD};
 use anyhow::Result;
 use ndarray::{Array2, Array3};
@@ -87,7 +87,7 @@ pub fn backend(model: &Model) -> Result<TractBackend> {
 }
 
 /// Teacher-forced log-probs `[n, T, vocab]` of `probe` on `backend`.
-pub fn lprobs(backend: &mut dyn Backend, probe: &Probe) -> Result<Array3<f32>> {
+pub fn lprobs(backend: &mut dyn ModelEngine, probe: &Probe) -> Result<Array3<f32>> {
     backend.forced(probe.src_tokens().view(), probe.prev_output_tokens().view())
 }
 

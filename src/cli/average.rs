@@ -3,8 +3,8 @@
 //! averaging: the average goes to a temporary safetensors file that is recognised and folded.
 
 use super::cast::{
-    args_json, dtype_arg, dtype_name, loss_phrase, lossy, out_format, refuse_overwrite,
-    write_output, OutFormat, TensorLoss,
+    args_json, dtype_name, loss_phrase, lossy, out_format, refuse_overwrite, write_output,
+    OutFormat, TensorLoss,
 };
 use super::ModelArgs;
 use crate::read::Checkpoint;
@@ -38,8 +38,8 @@ pub struct AverageArgs {
     #[arg(short, long)]
     output: PathBuf,
     /// Output float dtype (default fp32, as fairseq): fp32, fp16 or bf16.
-    #[arg(long, value_parser = dtype_arg)]
-    dtype: Option<DType>,
+    #[arg(long, value_enum, ignore_case = true)]
+    dtype: Option<crate::transform::cast::FloatDType>,
     /// Write even if values overflow the output dtype.
     #[arg(long)]
     force: bool,
@@ -184,7 +184,7 @@ pub fn run(a: AverageArgs) -> Result<ExitCode> {
         (av.tensors, None, None)
     };
 
-    let dtype = a.dtype.unwrap_or(DType::F32);
+    let dtype = a.dtype.map_or(DType::F32, DType::from);
     let mut out: Vec<(String, RawTensor)> = Vec::with_capacity(tensors.len());
     let mut per = Vec::new();
     // Tied tensors (one buffer) are cast once and stay tied.

@@ -5,7 +5,7 @@
 
 use crate::read::{Checkpoint, Entry, Hparams, META_ARGS, META_PRODUCER};
 use crate::tensor::{DType, RawTensor};
-use crate::transform::cast::{cast_tensor, parse_dtype, CastStats};
+use crate::transform::cast::{cast_tensor, CastStats, FloatDType};
 use crate::write::output::{self, FileFormat};
 use crate::write::torch::{self as torch_write, Carried};
 use anyhow::{anyhow, Result};
@@ -20,8 +20,8 @@ pub struct CastArgs {
     /// Checkpoint: fairseq .pt (zip or legacy) or .safetensors.
     checkpoint: PathBuf,
     /// Target float dtype: fp32, fp16 or bf16.
-    #[arg(long, value_parser = dtype_arg)]
-    dtype: DType,
+    #[arg(long, value_enum, ignore_case = true)]
+    dtype: FloatDType,
     /// Output file; .pt writes a torch zip checkpoint, .safetensors a safetensors file.
     #[arg(short, long)]
     output: PathBuf,
@@ -31,10 +31,6 @@ pub struct CastArgs {
     /// Print a JSON report instead of text.
     #[arg(long)]
     json: bool,
-}
-
-pub(super) fn dtype_arg(s: &str) -> Result<DType, String> {
-    parse_dtype(s).ok_or_else(|| format!("unknown dtype '{s}' (fp32, fp16, bf16)"))
 }
 
 // ---- output helpers shared with `average` -----------------------------------------------
@@ -234,6 +230,7 @@ struct CastReport {
 }
 
 pub fn run(a: CastArgs) -> Result<ExitCode> {
+    let dtype = DType::from(a.dtype);
     refuse_overwrite(&a.output, std::slice::from_ref(&a.checkpoint))?;
     let format = out_format(&a.output)?;
     let ckpt = Checkpoint::open(&a.checkpoint)?;
@@ -257,7 +254,7 @@ pub fn run(a: CastArgs) -> Result<ExitCode> {
             continue;
         }
         let t = ckpt.tensor(&e.name)?;
-        let (out, st) = cast_tensor(&t, a.dtype);
+        let (out, st) = cast_tensor(&t, dtype);
         per.push((e.name.clone(), st));
         index.insert(e.name.clone(), tensors.len());
         tensors.push((e.name.clone(), out));
@@ -286,7 +283,7 @@ pub fn run(a: CastArgs) -> Result<ExitCode> {
         eprintln!(
             "error: {}: casting to {} would {}; pass --force to write anyway",
             a.checkpoint.display(),
-            a.dtype,
+            dtype,
             parts.join(" and ")
         );
         return Ok(ExitCode::from(1));
@@ -297,7 +294,7 @@ pub fn run(a: CastArgs) -> Result<ExitCode> {
     if float_groups > 1 {
         notes.push(format!(
             "input mixes float dtypes; all float tensors are {} now",
-            a.dtype
+            dtype
         ));
     }
     write_output(
@@ -313,7 +310,7 @@ pub fn run(a: CastArgs) -> Result<ExitCode> {
         input: a.checkpoint.display().to_string(),
         output: a.output.display().to_string(),
         format,
-        dtype: a.dtype,
+        dtype,
         mixed_float_dtypes: float_groups > 1,
         input_dtypes: groups,
         converted,

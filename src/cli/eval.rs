@@ -19,7 +19,7 @@ use crate::data::locate::{self, DataSource, Dicts, Query};
 use crate::data::BpeMode;
 use crate::decode::{decode_batches, plan_shard, Batching, BeamOptions, Hypothesis, Shard};
 use crate::metrics::{BleuScorer, SacreBleu};
-use crate::runtime::Backend;
+use crate::runtime::ModelEngine;
 use crate::write::output;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use clap::{Args, ValueEnum};
@@ -303,7 +303,7 @@ fn query(a: &EvalArgs) -> Result<Query> {
 }
 
 /// Checks the dictionaries fit the model's embedding tables.
-fn check_vocab(backend: &dyn Backend, set: &TestSet, what: &Path) -> Result<()> {
+fn check_vocab(backend: &dyn ModelEngine, set: &TestSet, what: &Path) -> Result<()> {
     let info = backend.info();
     locate::check_vocab(&set.dicts, info.src_vocab, info.tgt_vocab, what)
 }
@@ -419,7 +419,7 @@ pub fn show_speed(bar: &indicatif::ProgressBar, sents: usize, tokens: usize, sta
 }
 
 fn decode(
-    backend: &mut dyn Backend,
+    backend: &mut dyn ModelEngine,
     set: &TestSet,
     a: &EvalArgs,
     bpe: Option<BpeMode>,
@@ -914,7 +914,7 @@ pub fn run(mut a: EvalArgs) -> Result<ExitCode> {
 /// the native engine in another precision).
 fn compare(
     a: &EvalArgs,
-    backend: &mut dyn Backend,
+    backend: &mut dyn ModelEngine,
     set: &TestSet,
     d: &Decoded,
     bpe: Option<BpeMode>,
@@ -973,8 +973,8 @@ fn compare(
 /// The largest |Δ log-prob| of a token of `d`'s best hypotheses, teacher
 /// forced through both backends.
 fn forced_diff(
-    b1: &mut dyn Backend,
-    b2: &mut dyn Backend,
+    b1: &mut dyn ModelEngine,
+    b2: &mut dyn ModelEngine,
     set: &TestSet,
     d: &Decoded,
     a: &EvalArgs,

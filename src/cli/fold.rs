@@ -5,7 +5,8 @@
 use super::{load, ModelArgs};
 use crate::data::locate;
 use crate::read::{META_ARGS, META_DICT_SRC, META_DICT_TGT, META_PRODUCER};
-use crate::transform::cast::parse_dtype;
+use crate::tensor::DType;
+use crate::transform::cast::FloatDType;
 use crate::transform::fold::{fold_with_summary, FoldMode};
 use crate::verify::{self, Probe};
 use crate::write;
@@ -29,8 +30,8 @@ pub struct FoldArgs {
     #[arg(long)]
     approx: bool,
     /// Output dtype: fp32 (default), fp16, bf16.
-    #[arg(long, default_value = "fp32")]
-    dtype: String,
+    #[arg(long, value_enum, ignore_case = true, default_value = "fp32")]
+    dtype: FloatDType,
     /// Write even if values overflow the output dtype or the fold check
     /// fails, or the default output exists.
     #[arg(long)]
@@ -68,8 +69,7 @@ fn output_path(a: &FoldArgs) -> Result<PathBuf> {
 }
 
 pub fn run(a: FoldArgs) -> Result<ExitCode> {
-    let dtype = parse_dtype(&a.dtype)
-        .with_context(|| format!("unknown --dtype {} (fp32, fp16, bf16)", a.dtype))?;
+    let dtype = DType::from(a.dtype);
     let out = output_path(&a)?;
     let (ckpt, rec) = load(&a.checkpoint, &a.model)?;
     let q = a.input.query()?;

@@ -7,7 +7,7 @@ use crate::data::locate::{self, Dicts, Query};
 use crate::export::{self, ExportOptions, Precision};
 use crate::runtime::ort::{Device, OrtBackend, OrtOptions};
 use crate::runtime::tract::TractBackend;
-use crate::runtime::{Backend, GraphSource};
+use crate::runtime::{GraphEngine, GraphSource, ModelEngine};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
@@ -44,7 +44,7 @@ pub struct RuntimeArgs {
 
 /// A model ready to run, and its dictionaries when known.
 pub struct Opened {
-    pub backend: Box<dyn Backend>,
+    pub backend: Box<dyn ModelEngine>,
     pub dicts: Option<Dicts>,
 }
 
@@ -198,7 +198,7 @@ pub fn open(path: &Path, model: &ModelArgs, rt: &RuntimeArgs) -> Result<Opened> 
         }
     };
     let graphs = || source.clone().expect("graphs exported above unless native");
-    let backend: Box<dyn Backend> = match name {
+    let backend: Box<dyn ModelEngine> = match name {
         BackendKind::Tract => {
             if rt.device != Device::Cpu {
                 bail!(
@@ -206,16 +206,16 @@ pub fn open(path: &Path, model: &ModelArgs, rt: &RuntimeArgs) -> Result<Opened> 
                     device_name(rt.device)
                 );
             }
-            Box::new(TractBackend::new(graphs())?)
+            Box::new(GraphEngine(TractBackend::new(graphs())?))
         }
-        BackendKind::Ort => Box::new(OrtBackend::new(
+        BackendKind::Ort => Box::new(GraphEngine(OrtBackend::new(
             graphs(),
             OrtOptions {
                 lib: rt.ort_lib.clone(),
                 device: rt.device,
                 threads: rt.threads,
             },
-        )?),
+        )?)),
         BackendKind::Native | BackendKind::Auto => {
             Box::new(native_backend.expect("built above for a checkpoint"))
         }

@@ -20,7 +20,7 @@ use super::ModelArgs;
 use crate::data::locate::{self, Dicts, Query};
 use crate::data::BpeMode;
 use crate::decode::{decode_batches, plan, Batching, BeamOptions, Shard};
-use crate::runtime::Backend;
+use crate::runtime::ModelEngine;
 use anyhow::{Context, Result};
 use clap::Args;
 use std::io::{BufRead, Write};
@@ -63,7 +63,7 @@ pub struct TranslateArgs {
 
 /// What stays fixed while buffers stream through.
 struct Session<'a> {
-    backend: &'a mut dyn Backend,
+    backend: &'a mut dyn ModelEngine,
     dicts: Dicts,
     decoding: &'a DecodeArgs,
     opts: BeamOptions,

@@ -12,8 +12,8 @@
 //! The batches matter for the output only through `max_len` when
 //! `max_len_a ≠ 0` (it depends on the batch's widest source).
 
-use super::beam::{beam_search, BeamOptions, Hypothesis};
-use crate::runtime::Backend;
+use super::beam::{BeamOptions, Hypothesis};
+use crate::runtime::ModelEngine;
 use anyhow::{bail, Result};
 
 /// fairseq-generate's `--max-tokens` when neither limit is given.
@@ -156,7 +156,7 @@ impl Shard {
 /// order; returns `(sentence index, hypotheses)` sorted by index.
 /// `on_batch` is called after each batch (progress).
 pub fn decode_batches(
-    backend: &mut dyn Backend,
+    engine: &mut dyn ModelEngine,
     src: &[Vec<i64>],
     batches: &[Vec<usize>],
     opts: &BeamOptions,
@@ -165,7 +165,7 @@ pub fn decode_batches(
     let mut out = Vec::with_capacity(batches.iter().map(Vec::len).sum());
     for batch in batches {
         let sources: Vec<Vec<i64>> = batch.iter().map(|&i| src[i].clone()).collect();
-        let hyps = beam_search(backend, &sources, opts)?;
+        let hyps = engine.translate(&sources, opts)?;
         on_batch(batch, &hyps);
         out.extend(batch.iter().copied().zip(hyps));
     }
@@ -177,7 +177,7 @@ pub fn decode_batches(
 /// batches; returns the hypotheses in input order. `on_batch` is called
 /// after each batch with its sentence indices and hypotheses (progress).
 pub fn decode_all(
-    backend: &mut dyn Backend,
+    engine: &mut dyn ModelEngine,
     src: &[Vec<i64>],
     tgt_lens: Option<&[usize]>,
     opts: &BeamOptions,
@@ -186,7 +186,7 @@ pub fn decode_all(
 ) -> Result<Vec<Vec<Hypothesis>>> {
     let src_lens: Vec<usize> = src.iter().map(Vec::len).collect();
     let batches = plan(&src_lens, tgt_lens, batching)?;
-    let out = decode_batches(backend, src, &batches, opts, on_batch)?;
+    let out = decode_batches(engine, src, &batches, opts, on_batch)?;
     debug_assert_eq!(out.len(), src.len());
     Ok(out.into_iter().map(|(_, h)| h).collect())
 }

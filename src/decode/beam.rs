@@ -45,7 +45,7 @@
 //! scores then agree to about 1e-7, not bit for bit.
 
 use super::top::{TopRequest, TopStep};
-use crate::runtime::{Backend, Session};
+use crate::runtime::{ModelEngine, Session};
 use crate::spec::{EOS, PAD, UNK};
 use anyhow::{bail, ensure, Result};
 use ndarray::{Array1, Array2};
@@ -363,8 +363,8 @@ fn full_rows(
 /// Beam search over one batch. `src[i]` are source token ids ending with
 /// EOS; returns for each sentence its `nbest` best finished hypotheses,
 /// best first.
-pub fn beam_search(
-    backend: &mut dyn Backend,
+pub fn beam_search<E: ModelEngine + ?Sized>(
+    backend: &mut E,
     src: &[Vec<i64>],
     opts: &BeamOptions,
 ) -> Result<Vec<Vec<Hypothesis>>> {

@@ -1,7 +1,8 @@
-//! Decoding with an exported model: fairseq-generate's beam search
-//! ([`beam`]) over length-grouped batches ([`batch`]). The backend is any
-//! [`crate::runtime::Backend`] (tract or onnxruntime); the semantics are
-//! those of `shared/spec/fairseq.md` § Beam search.
+//! Decoding: fairseq-generate's beam search ([`beam`]) over length-grouped
+//! batches ([`batch`]). The model is any [`crate::runtime::ModelEngine`]
+//! (native engine, or the exported graphs on tract or onnxruntime), whose
+//! `translate` runs [`beam_search`]; the semantics are those of
+//! `shared/spec/fairseq.md` § Beam search.
 
 pub mod batch;
 pub mod beam;

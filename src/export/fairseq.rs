@@ -10,8 +10,8 @@
 use super::graph::{Graph, V};
 use super::onnx::{Dim, Elem};
 use crate::spec::{
-    self, Activation, Embedding, FeedForward, LayerNorm, Linear, Model, Positions, Residual,
-    Sublayer,
+    self, Activation, Body, Embedding, FeedForward, LayerNorm, Linear, Model, Positions, Residual,
+    Stack, SublayerKind, SublayerRef,
 };
 use anyhow::Result;
 use ndarray::{concatenate, Array2, Axis};
@@ -139,28 +139,28 @@ fn residual(g: &mut Graph, x: &str, h: &str, r: &Residual, name: &str) -> V {
     g.add(&x, &h)
 }
 
-/// One sublayer in its Post-LN, Pre-LN or no-LN form.
-fn sublayer<F>(
+/// One sublayer of the walk ([`SublayerRef`]) in its Post-LN, Pre-LN or
+/// no-LN form; `body` computes its function on the (normalised) input.
+fn sublayer(
     g: &mut Graph,
     x: &str,
-    sub: &Sublayer<F>,
+    sub: &SublayerRef,
     pre_ln: bool,
-    name: &str,
-    norm_name: &str,
     body: impl FnOnce(&mut Graph, &str) -> V,
 ) -> V {
+    let (name, norm_name) = (sub.module_name(), sub.norm_name());
     if pre_ln {
-        let h_in = match &sub.norm {
-            Some(ln) => layer_norm(g, x, ln, norm_name),
+        let h_in = match sub.norm {
+            Some(ln) => layer_norm(g, x, ln, &norm_name),
             None => x.to_string(),
         };
         let h = body(g, &h_in);
-        residual(g, x, &h, &sub.residual, name)
+        residual(g, x, &h, sub.residual, &name)
     } else {
         let h = body(g, x);
-        let y = residual(g, x, &h, &sub.residual, name);
-        match &sub.norm {
-            Some(ln) => layer_norm(g, &y, ln, norm_name),
+        let y = residual(g, x, &h, sub.residual, &name);
+        match sub.norm {
+            Some(ln) => layer_norm(g, &y, ln, &norm_name),
             None => y,
         }
     }
@@ -447,32 +447,17 @@ pub fn encoder(m: &Model, fp16: bool) -> Result<pb::GraphProto> {
     let bias = g.unsqueeze(&bias, &[1, 2]);
 
     let pre = c.encoder_normalize_before;
-    for (i, l) in w.encoder_layers.iter().enumerate() {
-        let p = format!("encoder.layers.{i}");
-        let a = &l.self_attn.f;
-        x = sublayer(
-            &mut g,
-            &x,
-            &l.self_attn,
-            pre,
-            &format!("{p}.self_attn"),
-            &format!("{p}.self_attn_layer_norm"),
-            |g, h| {
+    for s in w.stack_sublayers(Stack::Encoder) {
+        let p = s.layer_prefix();
+        x = sublayer(&mut g, &x, &s, pre, |g, h| match s.f {
+            Body::Attention(a) => {
                 let (q, k, v) = self_qkv(g, h, &p, a, (d, heads, hd), layout);
                 let o = attend(g, &q, &k, &v, Some(&bias));
                 let o = merge_heads(g, &o, d, layout);
                 linear(g, &o, &format!("{p}.self_attn.out_proj"), &[&a.out])
-            },
-        );
-        x = sublayer(
-            &mut g,
-            &x,
-            &l.ffn,
-            pre,
-            &format!("{p}.ffn"),
-            &format!("{p}.final_layer_norm"),
-            |g, h| feed_forward(g, h, &l.ffn.f, c.activation_fn, &p),
-        );
+            }
+            Body::FeedForward(f) => feed_forward(g, h, f, c.activation_fn, &p),
+        });
     }
     if let Some(ln) = &w.encoder_final_norm {
         x = layer_norm(&mut g, &x, ln, "encoder.layer_norm");
@@ -546,17 +531,10 @@ fn decoder_body(
     let hd = d / heads;
     let pre = c.decoder_normalize_before;
     let mut new_kv = vec![];
-    for (i, l) in w.decoder_layers.iter().enumerate() {
-        let p = format!("decoder.layers.{i}");
-        let a = &l.self_attn.f;
-        x = sublayer(
-            g,
-            &x,
-            &l.self_attn,
-            pre,
-            &format!("{p}.self_attn"),
-            &format!("{p}.self_attn_layer_norm"),
-            |g, h| {
+    for s in w.stack_sublayers(Stack::Decoder) {
+        let (p, i) = (s.layer_prefix(), s.layer);
+        x = sublayer(g, &x, &s, pre, |g, h| match (s.kind, s.f) {
+            (SublayerKind::SelfAttn, Body::Attention(a)) => {
                 let (q, k, v) = self_qkv(g, h, &p, a, (d, heads, hd), layout);
                 let o = match &mode {
                     SelfAttn::Full { bias } => attend(g, &q, &k, &v, Some(*bias)),
@@ -570,34 +548,17 @@ fn decoder_body(
                 };
                 let o = merge_heads(g, &o, d, layout);
                 linear(g, &o, &format!("{p}.self_attn.out_proj"), &[&a.out])
-            },
-        );
-        let a = &l.cross_attn.f;
-        x = sublayer(
-            g,
-            &x,
-            &l.cross_attn,
-            pre,
-            &format!("{p}.encoder_attn"),
-            &format!("{p}.encoder_attn_layer_norm"),
-            |g, h| {
+            }
+            (_, Body::Attention(a)) => {
                 let q = linear(g, h, &format!("{p}.encoder_attn.q_proj"), &[&a.q]);
                 let q = scale_q(g, &q, hd);
                 let q = split_heads(g, &q, heads, hd, layout);
                 let o = attend(g, &q, &cross[i].0, &cross[i].1, Some(cross_bias));
                 let o = merge_heads(g, &o, d, layout);
                 linear(g, &o, &format!("{p}.encoder_attn.out_proj"), &[&a.out])
-            },
-        );
-        x = sublayer(
-            g,
-            &x,
-            &l.ffn,
-            pre,
-            &format!("{p}.ffn"),
-            &format!("{p}.final_layer_norm"),
-            |g, h| feed_forward(g, h, &l.ffn.f, c.activation_fn, &p),
-        );
+            }
+            (_, Body::FeedForward(f)) => feed_forward(g, h, f, c.activation_fn, &p),
+        });
     }
     if let Some(ln) = &w.decoder_final_norm {
         x = layer_norm(g, &x, ln, "decoder.layer_norm");

@@ -24,14 +24,15 @@
 //! ## Kernel override
 //!
 //! `ADMIN_CONVERT_KERNELS=portable|avx2|native` caps the kernels every
-//! dispatch (float32, int8, bfloat16) may choose: `avx2` runs what an
-//! AVX2-only CPU would (AVX2/FMA float32, AVX2 int8, no bfloat16),
-//! `portable` the plain-Rust fallbacks; `native` (or unset) takes the best
-//! this CPU has. A cap never raises the level above what the CPU has. Any
-//! other value is refused when the engine starts ([`kernel_cap`]).
+//! dispatch (float32, int8, bfloat16, the vectorised row operations) may
+//! choose: `avx2` runs what an AVX2-only CPU would (AVX2/FMA float32, AVX2
+//! int8, no bfloat16), `portable` the plain-Rust fallbacks; `native` (or
+//! unset) takes the best this CPU has. A cap never raises the level above
+//! what the CPU has. Any other value is refused when the engine starts
+//! ([`kernel_cap`]).
 //!
-//! It implements [`crate::runtime::Backend`] through [`Backend::begin`]
-//! (beam search) and [`Backend::forced`] (scoring); it runs no ONNX graphs.
+//! It implements [`crate::runtime::ModelEngine`] directly: [`ModelEngine::begin`]
+//! (beam search) and [`ModelEngine::forced`] (scoring); it runs no ONNX graphs.
 //! Everything but the linear maps (embeddings, LayerNorm, attention,
 //! softmax) stays float32 whatever the compute type.
 
@@ -214,14 +215,14 @@ pub fn int8_error(model: &crate::spec::Model) -> f64 {
     worst
 }
 
-use crate::export::{GraphInfo, GraphKind, Precision};
-use crate::runtime::{Backend, EncoderState, Outputs, Session, Value};
+use crate::export::{GraphInfo, Precision};
+use crate::runtime::{ModelEngine, Session};
 use crate::spec::PAD;
 use anyhow::{bail, Result};
 pub use model::NativeModel;
 use ndarray::{Array2, Array3, ArrayView1, ArrayView2};
 
-/// The native engine as a [`Backend`].
+/// The native engine as a [`ModelEngine`].
 pub struct NativeBackend {
     model: NativeModel,
     threads: usize,
@@ -319,7 +320,7 @@ impl Session for NativeSession<'_> {
     }
 }
 
-impl Backend for NativeBackend {
+impl ModelEngine for NativeBackend {
     fn name(&self) -> String {
         match self.model.compute_type() {
             ComputeType::Float32 => format!("native ({} threads)", self.threads),
@@ -343,13 +344,6 @@ impl Backend for NativeBackend {
         Precision::Fp32
     }
 
-    fn run(&mut self, kind: GraphKind, _: &[(&str, &Value)]) -> Result<Outputs> {
-        bail!(
-            "the native engine runs no ONNX graphs (asked for the {} graph): use --backend tract or ort",
-            kind.name()
-        )
-    }
-
     fn begin<'a>(&'a mut self, src_tokens: ArrayView2<i64>) -> Result<Box<dyn Session + 'a>> {
         let sources = unpad(src_tokens, self.model.info.src_vocab)?;
         Ok(Box::new(NativeSession(engine::Session::new(
@@ -366,9 +360,5 @@ impl Backend for NativeBackend {
     ) -> Result<Array3<f32>> {
         let sources = unpad(src_tokens, self.model.info.src_vocab)?;
         engine::forced(&self.model, &sources, prev_output_tokens, self.threads)
-    }
-
-    fn encode(&mut self, _: ArrayView2<i64>) -> Result<EncoderState> {
-        bail!("the native engine keeps its encoder state to itself: use begin() or forced()")
     }
 }

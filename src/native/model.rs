@@ -9,7 +9,7 @@ use super::quant::{BPacked, QPacked};
 use super::ComputeType;
 use crate::export::GraphInfo;
 use crate::spec::LN_EPS;
-use crate::spec::{self, Activation, Model, Positions};
+use crate::spec::{self, Activation, Body, Model, Positions, SublayerRef};
 use anyhow::{ensure, Result};
 use ndarray::{concatenate, Array2, Axis};
 use std::ops::Range;
@@ -81,7 +81,8 @@ pub(crate) struct Sub<F> {
 }
 
 impl<F> Sub<F> {
-    fn of<G>(s: &spec::Sublayer<G>, f: F) -> Sub<F> {
+    /// The sublayer `s` of the spec's walk, with its function packed as `f`.
+    fn of(s: &SublayerRef, f: F) -> Sub<F> {
         Sub {
             f,
             norm: s.norm.as_ref().map(Norm::of),
@@ -404,13 +405,36 @@ impl NativeModel {
             c.decoder_attention_heads
         );
         let packed = |l: &spec::Linear| fused(&[l], ct);
-        let ffn = |f: &spec::FeedForward| Ffn {
-            fc1: packed(&f.fc1),
-            fc2: packed(&f.fc2),
+        let ffn = |s: &SublayerRef| match s.f {
+            Body::FeedForward(f) => Sub::of(
+                s,
+                Ffn {
+                    fc1: packed(&f.fc1),
+                    fc2: packed(&f.fc2),
+                },
+            ),
+            Body::Attention(_) => unreachable!("the walk's FFN slot holds an FFN"),
         };
-        let self_attn = |a: &spec::Attention| SelfAttn {
-            qkv: fused(&[&a.q, &a.k, &a.v], ct),
-            out: packed(&a.out),
+        let attn = |s: &SublayerRef| match s.f {
+            Body::Attention(a) => Sub::of(
+                s,
+                SelfAttn {
+                    qkv: fused(&[&a.q, &a.k, &a.v], ct),
+                    out: packed(&a.out),
+                },
+            ),
+            Body::FeedForward(_) => unreachable!("the walk's attention slot holds attention"),
+        };
+        let cross = |s: &SublayerRef| match s.f {
+            Body::Attention(a) => Sub::of(
+                s,
+                CrossAttn {
+                    q: packed(&a.q),
+                    kv: fused(&[&a.k, &a.v], ct),
+                    out: packed(&a.out),
+                },
+            ),
+            Body::FeedForward(_) => unreachable!("the walk's attention slot holds attention"),
         };
         Ok(NativeModel {
             info,
@@ -422,12 +446,17 @@ impl NativeModel {
             dec_heads: c.decoder_attention_heads,
             dec_pre: c.decoder_normalize_before,
             enc_embed: Embed::of(w.encoder_embed, c.max_source_positions),
+            // Each layer is consumed (its float32 weights freed) once packed.
             enc_layers: w
                 .encoder_layers
                 .into_iter()
-                .map(|l| EncoderLayer {
-                    attn: Sub::of(&l.self_attn, self_attn(&l.self_attn.f)),
-                    ffn: Sub::of(&l.ffn, ffn(&l.ffn.f)),
+                .enumerate()
+                .map(|(i, l)| {
+                    let [a, f] = l.sublayers(i);
+                    EncoderLayer {
+                        attn: attn(&a),
+                        ffn: ffn(&f),
+                    }
                 })
                 .collect(),
             enc_final: w.encoder_final_norm.as_ref().map(Norm::of),
@@ -435,17 +464,14 @@ impl NativeModel {
             dec_layers: w
                 .decoder_layers
                 .into_iter()
-                .map(|l| DecoderLayer {
-                    attn: Sub::of(&l.self_attn, self_attn(&l.self_attn.f)),
-                    cross: Sub::of(
-                        &l.cross_attn,
-                        CrossAttn {
-                            q: packed(&l.cross_attn.f.q),
-                            kv: fused(&[&l.cross_attn.f.k, &l.cross_attn.f.v], ct),
-                            out: packed(&l.cross_attn.f.out),
-                        },
-                    ),
-                    ffn: Sub::of(&l.ffn, ffn(&l.ffn.f)),
+                .enumerate()
+                .map(|(i, l)| {
+                    let [a, c, f] = l.sublayers(i);
+                    DecoderLayer {
+                        attn: attn(&a),
+                        cross: cross(&c),
+                        ffn: ffn(&f),
+                    }
                 })
                 .collect(),
             dec_final: w.decoder_final_norm.as_ref().map(Norm::of),

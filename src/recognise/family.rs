@@ -3,9 +3,10 @@
 //! family in [`FAMILIES`]; adding a family is one entry here and one fold
 //! rule in [`crate::transform::fold`].
 
-use super::{Tensors, R};
+use super::tensors::Tensors;
+use super::{err, R};
 use crate::read::Checkpoint;
-use crate::spec::{Family, Residual};
+use crate::spec::{DecoderLayer, EncoderLayer, Family, Residual};
 
 /// What the family is told from: tensor names and the recorded `init_type`.
 pub struct Evidence<'a> {
@@ -194,4 +195,37 @@ pub(super) fn residuals(
             vec![r; count]
         }
     })
+}
+
+/// The family: `--family` if given, else detected from the evidence.
+/// Residual scales on a Pre-LN model (other than ReZero's gates) are
+/// refused as an unknown combination.
+pub(super) fn choose(forced: Option<Family>, e: &Evidence) -> R<Family> {
+    let family = forced.unwrap_or_else(|| detect(e));
+    if family.has_scales() && e.normalize_before && family != Family::ReZero {
+        return err(format!(
+            "{} residual scales on a normalize_before (Pre-LN) model are not a known combination",
+            family.name()
+        ));
+    }
+    Ok(family)
+}
+
+/// Every sublayer of a LayerNorm family must have its LayerNorm.
+pub(super) fn check_layer_norms(
+    family: Family,
+    encoder: &[EncoderLayer],
+    decoder: &[DecoderLayer],
+) -> R<()> {
+    if matches!(family, Family::ReZero | Family::LayerNormFree) {
+        return Ok(());
+    }
+    let enc = encoder.iter().enumerate().flat_map(|(i, l)| l.sublayers(i));
+    let dec = decoder.iter().enumerate().flat_map(|(i, l)| l.sublayers(i));
+    for s in enc.chain(dec) {
+        if s.norm.is_none() {
+            return err(format!("missing tensor {}.weight", s.norm_name()));
+        }
+    }
+    Ok(())
 }

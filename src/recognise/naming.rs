@@ -2,8 +2,9 @@
 //! sublayer's tensors. One [`AttentionNaming`] entry per attention layout;
 //! adding a naming is one entry in [`ATTENTION_NAMINGS`].
 
-use super::{Tensors, R};
-use crate::spec::{Attention, Linear};
+use super::tensors::Tensors;
+use super::{RecogniseError, R};
+use crate::spec::{Attention, LayerNorm, Linear};
 use ndarray::s;
 use serde::Serialize;
 
@@ -138,7 +139,7 @@ fn separate(t: &mut Tensors, prefix: &str, d: usize) -> R<Attention> {
 }
 
 /// fairseq 0.12.2's `TransformerEncoderLayerBase` BetterTransformer shadows.
-pub(super) fn is_fast_path_shadow(name: &str) -> bool {
+fn is_fast_path_shadow(name: &str) -> bool {
     let Some(rest) = name.strip_prefix("encoder.layers.") else {
         return false;
     };
@@ -158,4 +159,61 @@ pub(super) fn is_fast_path_shadow(name: &str) -> bool {
                     | "fc2_bias"
             )
         )
+}
+
+/// The LayerNorms of encoder layer `p` (self-attention, FFN): fairseq's
+/// `self_attn_layer_norm` / `final_layer_norm`, or the legacy
+/// `layer_norms.0` / `.1`.
+pub(super) fn encoder_layer_norms(
+    t: &mut Tensors,
+    p: &str,
+    d: usize,
+    naming: &mut Naming,
+) -> R<(Option<LayerNorm>, Option<LayerNorm>)> {
+    let legacy = t.has(&format!("{p}.layer_norms.0.weight"));
+    naming.legacy_layer_norms |= legacy;
+    Ok(if legacy {
+        (
+            t.layer_norm(&format!("{p}.layer_norms.0"), d)?,
+            t.layer_norm(&format!("{p}.layer_norms.1"), d)?,
+        )
+    } else {
+        (
+            t.layer_norm(&format!("{p}.self_attn_layer_norm"), d)?,
+            t.layer_norm(&format!("{p}.final_layer_norm"), d)?,
+        )
+    })
+}
+
+/// The name of an untied output projection: 0.12's
+/// `decoder.output_projection.weight` or 0.8's `decoder.embed_out`.
+pub(super) fn output_projection(t: &Tensors, naming: &mut Naming) -> Option<&'static str> {
+    if t.has("decoder.output_projection.weight") {
+        Some("decoder.output_projection.weight")
+    } else if t.has("decoder.embed_out") {
+        naming.embed_out = true;
+        Some("decoder.embed_out")
+    } else {
+        None
+    }
+}
+
+/// True for a tensor every naming leaves unread on purpose: `.version`
+/// counters, the sinusoidal `_float_tensor` dummies, 0.12.2's fast-path
+/// shadows (a shadow that is not all zero is noted).
+pub(super) fn is_ignored(
+    t: &Tensors,
+    name: &str,
+    naming: &mut Naming,
+    notes: &mut Vec<String>,
+) -> R<bool> {
+    let shadow = is_fast_path_shadow(name);
+    if shadow {
+        naming.fast_path_shadows = true;
+        let v = t.ckpt.tensor(name).map_err(|e| RecogniseError(e.msg))?;
+        if v.to_f32().iter().any(|x| *x != 0.0) {
+            notes.push(format!("{name} is a fast-path shadow tensor but not all zero: ignored anyway (fairseq never reads it)"));
+        }
+    }
+    Ok(shadow || name.ends_with(".version") || name.ends_with("embed_positions._float_tensor"))
 }

@@ -1,21 +1,26 @@
-//! Running a model: a [`Backend`] trait that the decoder and the scorer use,
-//! with implementations on the exported graphs — tract
-//! ([`tract::TractBackend`], pure Rust) and onnxruntime
-//! ([`ort::OrtBackend`], CPU or CUDA) — and the native engine
-//! ([`crate::native::NativeBackend`], no graphs). Beam search drives a
-//! [`Session`] ([`Backend::begin`]); scoring calls [`Backend::forced`].
+//! Running a model. Two levels:
 //!
-//! A backend runs the three graphs of [`crate::export`]; the cached state
-//! between calls ([`EncoderState`], [`DecoderState`]) is backend-neutral and
-//! can be reordered by batch row (beam search reorders beams and drops
-//! finished sentences).
+//! * [`ModelEngine`] ([`engine`]): translate a batch (beam search) and
+//!   score a batch (teacher forcing). Every command (`eval`, `score`,
+//!   `translate`, the fold self-check) runs a model through it. The native
+//!   engine ([`crate::native::NativeBackend`]) implements it directly;
+//!   the exported graphs get it from one adapter, [`GraphEngine`].
+//! * [`Backend`]: runs the three graphs of [`crate::export`] — on tract
+//!   ([`tract::TractBackend`], pure Rust) or onnxruntime
+//!   ([`ort::OrtBackend`], CPU or CUDA). The cached state between calls
+//!   ([`EncoderState`], [`DecoderState`]) is backend-neutral and can be
+//!   reordered by batch row (beam search reorders beams and drops finished
+//!   sentences).
 //!
 //! State tensors live in host memory: onnxruntime's outputs are passed back
 //! as its own values (no copy on the CPU), tract's as reference-counted
 //! tensors; with CUDA they cross the bus at every step.
 
+pub mod engine;
 pub mod ort;
 pub mod tract;
+
+pub use engine::{GraphEngine, ModelEngine};
 
 use crate::export::{GraphInfo, GraphKind, Graphs, Precision};
 use anyhow::{bail, ensure, Context, Result};
@@ -49,23 +54,6 @@ impl GraphSource {
             GraphSource::Dir(d, p) => Some(d.join(kind.file_name(*p))),
         }
     }
-}
-
-/// Which engine runs the graphs.
-#[derive(Clone, Debug)]
-pub enum Engine {
-    /// tract, pure Rust, CPU.
-    Tract,
-    /// onnxruntime (CPU or CUDA), loaded at run time.
-    Ort(self::ort::OrtOptions),
-}
-
-/// Opens a backend of `engine` on `source`.
-pub fn open(engine: &Engine, source: GraphSource) -> Result<Box<dyn Backend + Send>> {
-    Ok(match engine {
-        Engine::Tract => Box::new(self::tract::TractBackend::new(source)?),
-        Engine::Ort(opts) => Box::new(self::ort::OrtBackend::new(source, opts.clone())?),
-    })
 }
 
 /// Reads the `admin_convert.info` metadata entry of an exported graph.
@@ -266,30 +254,6 @@ pub trait Session {
     }
 }
 
-/// [`Session`] on the exported graphs: the encoder state and the
-/// self-attention cache, reordered by copying rows.
-pub struct GraphSession<'a, B: Backend + ?Sized> {
-    backend: &'a mut B,
-    enc: EncoderState,
-    dec: DecoderState,
-}
-
-impl<B: Backend + ?Sized> Session for GraphSession<'_, B> {
-    fn step(&mut self, prev_tokens: ArrayView1<i64>) -> Result<Array2<f32>> {
-        self.backend.step(&self.enc, &mut self.dec, prev_tokens)
-    }
-
-    fn reorder(&mut self, rows: &[usize], sentences_changed: bool) -> Result<()> {
-        self.dec.reorder(rows)?;
-        // All encoder rows of a sentence are equal: the same row list
-        // expands or drops them.
-        if sentences_changed {
-            self.enc = self.enc.select(rows)?;
-        }
-        Ok(())
-    }
-}
-
 /// Graph outputs by name.
 pub struct Outputs(pub Vec<(String, Value)>);
 
@@ -304,8 +268,10 @@ impl Outputs {
     }
 }
 
-/// Runs the exported graphs. Implementors provide [`Backend::run`]; the
-/// model-level calls are provided on top of it.
+/// Runs the exported graphs (tract, onnxruntime). Implementors provide
+/// [`Backend::run`]; encoding, a decoder step and teacher forcing are
+/// provided on top of it. Commands do not use it directly: they run a
+/// [`ModelEngine`], which [`GraphEngine`] makes of any `Backend`.
 pub trait Backend {
     /// Name for messages (`tract`, `onnxruntime-cpu`, ...).
     fn name(&self) -> String;
@@ -314,30 +280,6 @@ pub trait Backend {
 
     /// Runs one graph on named inputs; returns its outputs by name.
     fn run(&mut self, kind: GraphKind, inputs: &[(&str, &Value)]) -> Result<Outputs>;
-
-    /// Starts decoding left-padded `src_tokens` `[batch, src_len]`: one
-    /// decoder row per sentence.
-    fn begin<'a>(&'a mut self, src_tokens: ArrayView2<i64>) -> Result<Box<dyn Session + 'a>> {
-        let enc = self.encode(src_tokens)?;
-        let dec = self.start(&enc)?;
-        Ok(Box::new(GraphSession {
-            backend: self,
-            enc,
-            dec,
-        }))
-    }
-
-    /// Teacher forcing from the sources: float32 log-probs `[batch,
-    /// tgt_len, vocab]` of every position of right-padded
-    /// `prev_output_tokens` (positions past a row's end are unspecified).
-    fn forced(
-        &mut self,
-        src_tokens: ArrayView2<i64>,
-        prev_output_tokens: ArrayView2<i64>,
-    ) -> Result<Array3<f32>> {
-        let enc = self.encode(src_tokens)?;
-        self.teacher_forced(&enc, prev_output_tokens)
-    }
 
     /// Encodes left-padded `src_tokens` `[batch, src_len]`.
     fn encode(&mut self, src_tokens: ArrayView2<i64>) -> Result<EncoderState> {

@@ -11,7 +11,9 @@ use ndarray::{Array1, Array2};
 use serde::{Deserialize, Serialize};
 
 mod rules;
-pub use rules::{position_rows, validate, Stack, SublayerKind, SublayerRef, LN_EPS};
+pub use rules::{
+    position_rows, validate, Body, Stack, SublayerKind, SublayerMut, SublayerRef, LN_EPS,
+};
 
 /// How the residual branch of a Post-LN sublayer is scaled.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

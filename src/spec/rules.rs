@@ -30,41 +30,190 @@ pub enum SublayerKind {
     Ffn,
 }
 
-/// One sublayer seen by the walk: where it is, its LayerNorm and residual.
+/// A sublayer's function, as the walk hands it out.
+#[derive(Clone, Copy, Debug)]
+pub enum Body<'a> {
+    Attention(&'a Attention),
+    FeedForward(&'a FeedForward),
+}
+
+/// One sublayer seen by the walk: where it is, its function, its LayerNorm
+/// and its residual. Every consumer applies it in one of the forms of
+/// `shared/spec/fold.md` §1: Pre-LN `x + F(LN(x))`, else
+/// `LN(x ⊙ ω + g·F(x))` (no LN when `norm` is `None`).
 #[derive(Clone, Copy, Debug)]
 pub struct SublayerRef<'a> {
     pub stack: Stack,
     pub layer: usize,
     pub kind: SublayerKind,
+    pub f: Body<'a>,
     pub norm: &'a Option<LayerNorm>,
     pub residual: &'a Residual,
+}
+
+fn stack_name(stack: Stack) -> &'static str {
+    match stack {
+        Stack::Encoder => "encoder",
+        Stack::Decoder => "decoder",
+    }
 }
 
 impl SublayerRef<'_> {
     /// `encoder.0.self_attn`, `decoder.1.cross_attn`, `decoder.1.ffn`.
     pub fn name(&self) -> String {
-        let stack = match self.stack {
-            Stack::Encoder => "encoder",
-            Stack::Decoder => "decoder",
-        };
         let kind = match self.kind {
             SublayerKind::SelfAttn => "self_attn",
             SublayerKind::CrossAttn => "cross_attn",
             SublayerKind::Ffn => "ffn",
         };
-        format!("{stack}.{}.{kind}", self.layer)
+        format!("{}.{}.{kind}", stack_name(self.stack), self.layer)
+    }
+
+    /// fairseq's prefix of the layer (`decoder.layers.1`).
+    pub fn layer_prefix(&self) -> String {
+        format!("{}.layers.{}", stack_name(self.stack), self.layer)
+    }
+
+    /// fairseq's name of the sublayer's module (`decoder.layers.1.encoder_attn`;
+    /// the FFN, which has no module in fairseq, is `….ffn`): the prefix of
+    /// names derived from it (an exported graph's `.omega`, `.gate`).
+    pub fn module_name(&self) -> String {
+        let m = match self.kind {
+            SublayerKind::SelfAttn => "self_attn",
+            SublayerKind::CrossAttn => "encoder_attn",
+            SublayerKind::Ffn => "ffn",
+        };
+        format!("{}.{m}", self.layer_prefix())
     }
 
     /// fairseq's name of the sublayer's LayerNorm (`encoder.layers.0.final_layer_norm`).
     pub fn norm_name(&self) -> String {
-        let (stack, ln) = match (self.stack, self.kind) {
-            (Stack::Encoder, SublayerKind::SelfAttn) => ("encoder", "self_attn_layer_norm"),
-            (Stack::Decoder, SublayerKind::SelfAttn) => ("decoder", "self_attn_layer_norm"),
-            (_, SublayerKind::CrossAttn) => ("decoder", "encoder_attn_layer_norm"),
-            (Stack::Encoder, SublayerKind::Ffn) => ("encoder", "final_layer_norm"),
-            (Stack::Decoder, SublayerKind::Ffn) => ("decoder", "final_layer_norm"),
+        let ln = match self.kind {
+            SublayerKind::SelfAttn => "self_attn_layer_norm",
+            SublayerKind::CrossAttn => "encoder_attn_layer_norm",
+            SublayerKind::Ffn => "final_layer_norm",
         };
-        format!("{stack}.layers.{}.{ln}", self.layer)
+        format!("{}.{ln}", self.layer_prefix())
+    }
+}
+
+/// A sublayer as a transformation of its weights sees it (`fold`): the
+/// linear maps that read the residual stream `x` (q, k, v of
+/// self-attention; only q of cross-attention, whose k and v read the
+/// encoder output; fc1), the one that writes the branch output (out_proj,
+/// fc2), its LayerNorm and its residual.
+#[derive(Debug)]
+pub struct SublayerMut<'a> {
+    pub stack: Stack,
+    pub layer: usize,
+    pub kind: SublayerKind,
+    pub readers: Vec<&'a mut Linear>,
+    pub output: &'a mut Linear,
+    pub norm: &'a mut Option<LayerNorm>,
+    pub residual: &'a mut Residual,
+}
+
+fn attn_ref(
+    stack: Stack,
+    layer: usize,
+    kind: SublayerKind,
+    s: &Sublayer<Attention>,
+) -> SublayerRef<'_> {
+    SublayerRef {
+        stack,
+        layer,
+        kind,
+        f: Body::Attention(&s.f),
+        norm: &s.norm,
+        residual: &s.residual,
+    }
+}
+
+fn ffn_ref(stack: Stack, layer: usize, s: &Sublayer<FeedForward>) -> SublayerRef<'_> {
+    SublayerRef {
+        stack,
+        layer,
+        kind: SublayerKind::Ffn,
+        f: Body::FeedForward(&s.f),
+        norm: &s.norm,
+        residual: &s.residual,
+    }
+}
+
+fn attn_mut(
+    stack: Stack,
+    layer: usize,
+    kind: SublayerKind,
+    s: &mut Sublayer<Attention>,
+) -> SublayerMut<'_> {
+    let Attention { q, k, v, out } = &mut s.f;
+    let readers = match kind {
+        SublayerKind::CrossAttn => vec![q],
+        _ => vec![q, k, v],
+    };
+    SublayerMut {
+        stack,
+        layer,
+        kind,
+        readers,
+        output: out,
+        norm: &mut s.norm,
+        residual: &mut s.residual,
+    }
+}
+
+fn ffn_mut(stack: Stack, layer: usize, s: &mut Sublayer<FeedForward>) -> SublayerMut<'_> {
+    SublayerMut {
+        stack,
+        layer,
+        kind: SublayerKind::Ffn,
+        readers: vec![&mut s.f.fc1],
+        output: &mut s.f.fc2,
+        norm: &mut s.norm,
+        residual: &mut s.residual,
+    }
+}
+
+impl EncoderLayer {
+    /// Layer `layer`'s sublayers in execution order: self-attention, FFN.
+    pub fn sublayers(&self, layer: usize) -> [SublayerRef<'_>; 2] {
+        let e = Stack::Encoder;
+        [
+            attn_ref(e, layer, SublayerKind::SelfAttn, &self.self_attn),
+            ffn_ref(e, layer, &self.ffn),
+        ]
+    }
+
+    /// [`EncoderLayer::sublayers`], mutably.
+    pub fn sublayers_mut(&mut self, layer: usize) -> [SublayerMut<'_>; 2] {
+        let e = Stack::Encoder;
+        [
+            attn_mut(e, layer, SublayerKind::SelfAttn, &mut self.self_attn),
+            ffn_mut(e, layer, &mut self.ffn),
+        ]
+    }
+}
+
+impl DecoderLayer {
+    /// Layer `layer`'s sublayers in execution order: self-attention,
+    /// cross-attention, FFN.
+    pub fn sublayers(&self, layer: usize) -> [SublayerRef<'_>; 3] {
+        let d = Stack::Decoder;
+        [
+            attn_ref(d, layer, SublayerKind::SelfAttn, &self.self_attn),
+            attn_ref(d, layer, SublayerKind::CrossAttn, &self.cross_attn),
+            ffn_ref(d, layer, &self.ffn),
+        ]
+    }
+
+    /// [`DecoderLayer::sublayers`], mutably.
+    pub fn sublayers_mut(&mut self, layer: usize) -> [SublayerMut<'_>; 3] {
+        let d = Stack::Decoder;
+        [
+            attn_mut(d, layer, SublayerKind::SelfAttn, &mut self.self_attn),
+            attn_mut(d, layer, SublayerKind::CrossAttn, &mut self.cross_attn),
+            ffn_mut(d, layer, &mut self.ffn),
+        ]
     }
 }
 
@@ -72,44 +221,50 @@ impl Weights {
     /// Every sublayer in execution order: encoder layers (self-attention,
     /// FFN), then decoder layers (self-attention, cross-attention, FFN).
     pub fn sublayers(&self) -> Vec<SublayerRef<'_>> {
-        let mut v = Vec::new();
-        let r = |stack, layer, kind, norm, residual| SublayerRef {
-            stack,
-            layer,
-            kind,
-            norm,
-            residual,
-        };
-        for (i, l) in self.encoder_layers.iter().enumerate() {
-            let e = Stack::Encoder;
-            v.push(r(
-                e,
-                i,
-                SublayerKind::SelfAttn,
-                &l.self_attn.norm,
-                &l.self_attn.residual,
-            ));
-            v.push(r(e, i, SublayerKind::Ffn, &l.ffn.norm, &l.ffn.residual));
-        }
-        for (i, l) in self.decoder_layers.iter().enumerate() {
-            let d = Stack::Decoder;
-            v.push(r(
-                d,
-                i,
-                SublayerKind::SelfAttn,
-                &l.self_attn.norm,
-                &l.self_attn.residual,
-            ));
-            v.push(r(
-                d,
-                i,
-                SublayerKind::CrossAttn,
-                &l.cross_attn.norm,
-                &l.cross_attn.residual,
-            ));
-            v.push(r(d, i, SublayerKind::Ffn, &l.ffn.norm, &l.ffn.residual));
-        }
+        let mut v = self.stack_sublayers(Stack::Encoder);
+        v.extend(self.stack_sublayers(Stack::Decoder));
         v
+    }
+
+    /// The sublayers of one stack, in execution order.
+    pub fn stack_sublayers(&self, stack: Stack) -> Vec<SublayerRef<'_>> {
+        match stack {
+            Stack::Encoder => self
+                .encoder_layers
+                .iter()
+                .enumerate()
+                .flat_map(|(i, l)| l.sublayers(i))
+                .collect(),
+            Stack::Decoder => self
+                .decoder_layers
+                .iter()
+                .enumerate()
+                .flat_map(|(i, l)| l.sublayers(i))
+                .collect(),
+        }
+    }
+
+    /// The sublayers of one stack, mutably, in execution order, with the
+    /// stack's embedding (the producer of its stream).
+    pub fn stack_sublayers_mut(&mut self, stack: Stack) -> (&mut Embedding, Vec<SublayerMut<'_>>) {
+        match stack {
+            Stack::Encoder => (
+                &mut self.encoder_embed,
+                self.encoder_layers
+                    .iter_mut()
+                    .enumerate()
+                    .flat_map(|(i, l)| l.sublayers_mut(i))
+                    .collect(),
+            ),
+            Stack::Decoder => (
+                &mut self.decoder_embed,
+                self.decoder_layers
+                    .iter_mut()
+                    .enumerate()
+                    .flat_map(|(i, l)| l.sublayers_mut(i))
+                    .collect(),
+            ),
+        }
     }
 }
 
@@ -186,30 +341,32 @@ pub fn validate(m: &Model) -> Result<()> {
     )?;
     ln(&w.encoder_final_norm, de, "encoder.layer_norm")?;
     ln(&w.decoder_final_norm, dd, "decoder.layer_norm")?;
-    for (i, l) in w.encoder_layers.iter().enumerate() {
-        let p = format!("encoder.layers.{i}");
-        let a = &l.self_attn.f;
-        for (x, n) in [(&a.q, "q"), (&a.k, "k"), (&a.v, "v"), (&a.out, "out")] {
-            lin(x, de, de, &format!("{p}.self_attn.{n}_proj"))?;
+    for s in w.sublayers() {
+        let (d, d_in) = match s.stack {
+            Stack::Encoder => (de, de),
+            Stack::Decoder => (dd, de),
+        };
+        let p = s.layer_prefix();
+        match s.f {
+            Body::Attention(a) => {
+                let m = s.module_name();
+                // Cross-attention's k and v read the encoder output.
+                let kv_in = if s.kind == SublayerKind::CrossAttn {
+                    d_in
+                } else {
+                    d
+                };
+                lin(&a.q, d, d, &format!("{m}.q_proj"))?;
+                lin(&a.k, d, kv_in, &format!("{m}.k_proj"))?;
+                lin(&a.v, d, kv_in, &format!("{m}.v_proj"))?;
+                lin(&a.out, d, d, &format!("{m}.out_proj"))?;
+            }
+            Body::FeedForward(f) => {
+                let ffn = f.fc1.weight.nrows();
+                lin(&f.fc1, ffn, d, &format!("{p}.fc1"))?;
+                lin(&f.fc2, d, ffn, &format!("{p}.fc2"))?;
+            }
         }
-        let ffn = l.ffn.f.fc1.weight.nrows();
-        lin(&l.ffn.f.fc1, ffn, de, &format!("{p}.fc1"))?;
-        lin(&l.ffn.f.fc2, de, ffn, &format!("{p}.fc2"))?;
-    }
-    for (i, l) in w.decoder_layers.iter().enumerate() {
-        let p = format!("decoder.layers.{i}");
-        let a = &l.self_attn.f;
-        for (x, n) in [(&a.q, "q"), (&a.k, "k"), (&a.v, "v"), (&a.out, "out")] {
-            lin(x, dd, dd, &format!("{p}.self_attn.{n}_proj"))?;
-        }
-        let a = &l.cross_attn.f;
-        lin(&a.q, dd, dd, &format!("{p}.encoder_attn.q_proj"))?;
-        lin(&a.k, dd, de, &format!("{p}.encoder_attn.k_proj"))?;
-        lin(&a.v, dd, de, &format!("{p}.encoder_attn.v_proj"))?;
-        lin(&a.out, dd, dd, &format!("{p}.encoder_attn.out_proj"))?;
-        let ffn = l.ffn.f.fc1.weight.nrows();
-        lin(&l.ffn.f.fc1, ffn, dd, &format!("{p}.fc1"))?;
-        lin(&l.ffn.f.fc2, dd, ffn, &format!("{p}.fc2"))?;
     }
     for s in w.sublayers() {
         let d = match s.stack {

@@ -87,14 +87,26 @@ pub fn from_f32(dtype: DType, shape: Vec<usize>, data: &[f32]) -> (RawTensor, Ca
     )
 }
 
-/// Parse `fp32|fp16|bf16` (also `float32`, `f16`, `half`, ...).
-pub fn parse_dtype(s: &str) -> Option<DType> {
-    Some(match s.to_ascii_lowercase().as_str() {
-        "fp32" | "f32" | "float32" | "float" => DType::F32,
-        "fp16" | "f16" | "float16" | "half" => DType::F16,
-        "bf16" | "bfloat16" => DType::BF16,
-        _ => return None,
-    })
+/// A float dtype a command writes (`--dtype` of `cast`, `fold`, `average`),
+/// fairseq's and torch's spellings accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum FloatDType {
+    #[value(alias = "f32", alias = "float32", alias = "float")]
+    Fp32,
+    #[value(alias = "f16", alias = "float16", alias = "half")]
+    Fp16,
+    #[value(alias = "bfloat16")]
+    Bf16,
+}
+
+impl From<FloatDType> for DType {
+    fn from(d: FloatDType) -> DType {
+        match d {
+            FloatDType::Fp32 => DType::F32,
+            FloatDType::Fp16 => DType::F16,
+            FloatDType::Bf16 => DType::BF16,
+        }
+    }
 }
 
 /// Convert a float tensor to float `dtype` (f32, f16, bf16), counting losses; a tensor

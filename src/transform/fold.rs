@@ -79,46 +79,17 @@ enum Producer<'a> {
     Norm(&'a mut LayerNorm),
 }
 
-/// A sublayer as the fold sees it: the linears reading `x`, its output
-/// linear, its residual and its (post) LayerNorm.
-struct View<'a> {
-    readers: Vec<&'a mut Linear>,
-    output: &'a mut Linear,
-    residual: &'a mut Residual,
-    norm: Option<&'a mut LayerNorm>,
-}
-
-fn attn_view(s: &mut Sublayer<Attention>, cross: bool) -> View<'_> {
-    let Attention { q, k, v, out } = &mut s.f;
-    let readers = if cross { vec![q] } else { vec![q, k, v] };
-    View {
-        readers,
-        output: out,
-        residual: &mut s.residual,
-        norm: s.norm.as_mut(),
-    }
-}
-
-fn ffn_view(s: &mut Sublayer<FeedForward>) -> View<'_> {
-    View {
-        readers: vec![&mut s.f.fc1],
-        output: &mut s.f.fc2,
-        residual: &mut s.residual,
-        norm: s.norm.as_mut(),
-    }
-}
-
 /// Fold one stack's sublayers in order; returns how many were folded.
-fn fold_stack(
-    embed: &mut Embedding,
-    mut views: Vec<View<'_>>,
+fn fold_stack<'a>(
+    embed: &'a mut Embedding,
+    views: Vec<SublayerMut<'a>>,
     mode: FoldMode,
     max_positions: usize,
     summary: &mut FoldSummary,
 ) -> usize {
     let mut folded = 0;
     let mut producer = Producer::Embedding(embed);
-    for (j, v) in views.iter_mut().enumerate() {
+    for (j, mut v) in views.into_iter().enumerate() {
         if let Some(a) = v.residual.gate.take() {
             scale_linear_output(v.output, a);
             folded += 1;
@@ -173,7 +144,8 @@ fn fold_stack(
                 }
             }
         }
-        if let Some(n) = v.norm.take() {
+        // The sublayer's LayerNorm produces the next one's input.
+        if let Some(n) = { v.norm }.as_mut() {
             producer = Producer::Norm(n);
         }
     }
@@ -227,44 +199,10 @@ fn fold_in_place(m: &mut Model, mode: FoldMode, summary: &mut FoldSummary) {
         m.config.share_decoder_input_output_embed = false;
     }
     let w = &mut m.weights;
-    let enc_views: Vec<View> = w
-        .encoder_layers
-        .iter_mut()
-        .flat_map(|l| {
-            let EncoderLayer { self_attn, ffn } = l;
-            [attn_view(self_attn, false), ffn_view(ffn)]
-        })
-        .collect();
-    let n1 = fold_stack(
-        &mut w.encoder_embed,
-        enc_views,
-        mode,
-        m.config.max_source_positions,
-        summary,
-    );
-    let dec_views: Vec<View> = w
-        .decoder_layers
-        .iter_mut()
-        .flat_map(|l| {
-            let DecoderLayer {
-                self_attn,
-                cross_attn,
-                ffn,
-            } = l;
-            [
-                attn_view(self_attn, false),
-                attn_view(cross_attn, true),
-                ffn_view(ffn),
-            ]
-        })
-        .collect();
-    let n2 = fold_stack(
-        &mut w.decoder_embed,
-        dec_views,
-        mode,
-        m.config.max_target_positions,
-        summary,
-    );
+    let (embed, views) = w.stack_sublayers_mut(Stack::Encoder);
+    let n1 = fold_stack(embed, views, mode, m.config.max_source_positions, summary);
+    let (embed, views) = w.stack_sublayers_mut(Stack::Decoder);
+    let n2 = fold_stack(embed, views, mode, m.config.max_target_positions, summary);
     summary.sublayers_folded = n1 + n2;
     if matches!(w.encoder_embed.positions, Positions::Learned(_)) {
         m.config.encoder_learned_pos = true;

@@ -45,7 +45,7 @@ fn text(dict: &Dictionary, h: &Hypothesis, bpe: Option<BpeMode>) -> String {
 
 #[test]
 fn postln_matches_fairseq() {
-    let mut b = backend("postln-fairseq012/checkpoint_best.pt");
+    let b = backend("postln-fairseq012/checkpoint_best.pt");
     let src = sources("data-bin");
     let dict = Dictionary::read(fixture("data-bin/dict.tgt.txt")).unwrap();
     let opts = BeamOptions {
@@ -57,7 +57,15 @@ fn postln_matches_fairseq() {
         ..Default::default()
     };
     let t = std::time::Instant::now();
-    let hyps = decode_all(&mut b, &src, None, &opts, &batching, &mut |_, _| {}).unwrap();
+    let hyps = decode_all(
+        &mut GraphEngine(b),
+        &src,
+        None,
+        &opts,
+        &batching,
+        &mut |_, _| {},
+    )
+    .unwrap();
     eprintln!("decoded in {:?}", t.elapsed());
     let want = h_lines("postln-fairseq012/generate-best.sacrebleu.txt");
     let mut same = 0;
@@ -81,7 +89,7 @@ fn postln_matches_fairseq() {
 
 use admin_convert::decode::{beam_search, plan};
 use admin_convert::export::{GraphInfo, GraphKind};
-use admin_convert::runtime::{Backend, DecoderState, EncoderState, Outputs, Value};
+use admin_convert::runtime::{Backend, DecoderState, EncoderState, GraphEngine, Outputs, Value};
 use ndarray::{Array1, Array2, Array3, ArrayView1, ArrayView2, Axis, Ix2, Ix3};
 
 const PAD: usize = 1;
@@ -350,7 +358,7 @@ fn batched_search_equals_the_plain_reference() {
                 required_batch_size_multiple: 1,
                 ..Default::default()
             };
-            let mut mock = Mock::new(toy);
+            let mut mock = GraphEngine(Mock::new(toy));
             let got = decode_all(&mut mock, &src, None, &opts, &batching, &mut |_, _| {}).unwrap();
             // The reference with each sentence's max_len from its batch's width.
             for batch in plan(&lens, None, &batching).unwrap() {
@@ -383,15 +391,15 @@ fn finished_sentences_leave_the_batch() {
         beam: 4,
         ..Default::default()
     };
-    let mut mock = Mock::new(toy);
+    let mut mock = GraphEngine(Mock::new(toy));
     let hyps = beam_search(&mut mock, &src, &opts).unwrap();
     let steps: usize = hyps.iter().map(|h| h[0].tokens.len()).max().unwrap();
     // Step 0 runs one row per sentence, then beam rows per live sentence.
     let all_kept = 16 + 16 * 4 * (steps - 1);
     assert!(
-        mock.rows_run < all_kept,
+        mock.0.rows_run < all_kept,
         "{} rows run, {all_kept} without dropping",
-        mock.rows_run
+        mock.0.rows_run
     );
 }
 
@@ -414,7 +422,7 @@ fn semantics_on_hand_made_cases() {
             max_len_b,
             ..Default::default()
         };
-        let mut mock = Mock::new(toy);
+        let mut mock = GraphEngine(Mock::new(toy));
         let got = beam_search(&mut mock, &src, &opts).unwrap();
         assert_eq!(got[0], reference(&toy, &src[0], &opts, max_len_b as usize));
         for h in &got[0] {
@@ -440,7 +448,7 @@ fn semantics_on_hand_made_cases() {
         unkpen: 1e6,
         ..Default::default()
     };
-    let mut mock = Mock::new(toy);
+    let mut mock = GraphEngine(Mock::new(toy));
     let got = beam_search(&mut mock, &src, &opts).unwrap();
     assert!(got[0].iter().all(|h| !h.tokens.contains(&(UNK as i64))));
     // Invalid options are errors, not panics.
@@ -449,8 +457,8 @@ fn semantics_on_hand_made_cases() {
         nbest: 3,
         ..Default::default()
     };
-    assert!(beam_search(&mut Mock::new(toy), &src, &bad).is_err());
-    assert!(beam_search(&mut Mock::new(toy), &[], &opts)
+    assert!(beam_search(&mut GraphEngine(Mock::new(toy)), &src, &bad).is_err());
+    assert!(beam_search(&mut GraphEngine(Mock::new(toy)), &[], &opts)
         .unwrap()
         .is_empty());
 }

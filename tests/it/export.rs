@@ -10,7 +10,7 @@
 use admin_convert::export::{self, ExportOptions, GraphKind, Precision};
 use admin_convert::runtime::ort::{find_library, OrtBackend, OrtOptions};
 use admin_convert::runtime::tract::TractBackend;
-use admin_convert::runtime::{Backend, GraphSource};
+use admin_convert::runtime::{Backend, GraphSource, ModelEngine};
 use admin_convert::spec::{
     Activation, Attention, Config, DecoderLayer, Embedding, EncoderLayer, Family, FeedForward,
     LayerNorm, Linear, Model, Positions, Residual, Sublayer, Tying, Weights,
