@@ -12,6 +12,7 @@ use crate::spec::LN_EPS;
 use crate::spec::{self, Activation, Body, Model, Positions, SublayerRef};
 use anyhow::{ensure, Result};
 use ndarray::{concatenate, Array2, Axis};
+use std::ops::Range;
 use std::sync::Arc;
 
 /// LayerNorm affine parameters.
@@ -137,7 +138,11 @@ pub(crate) enum Linear {
 impl Linear {
     /// Packs the rows of `ws` stacked along the output axis (fused
     /// projections), with `bias` (missing biases are zero).
-    fn new(ws: &[ndarray::ArrayView2<f32>], bias: Option<Vec<f32>>, ct: ComputeType) -> Linear {
+    pub(crate) fn new(
+        ws: &[ndarray::ArrayView2<f32>],
+        bias: Option<Vec<f32>>,
+        ct: ComputeType,
+    ) -> Linear {
         if ct == ComputeType::Float32 {
             return Linear::F32(if ws.len() == 1 {
                 Packed::new(ws[0], bias.as_deref())
@@ -169,6 +174,16 @@ impl Linear {
             Linear::F32(p) => p.forward(x, m, out),
             Linear::I8(p) => p.forward(x, m, out),
             Linear::Bf16(p) => p.forward(x, m, out),
+        }
+    }
+
+    /// Columns `cols` of [`Linear::forward`] into `out[m × cols.len()]`
+    /// (same bits); `cols` aligned to [`LOGIT_TILE`]-compatible panels.
+    pub(crate) fn forward_cols(&self, x: &[f32], m: usize, cols: Range<usize>, out: &mut [f32]) {
+        match self {
+            Linear::F32(p) => p.forward_cols(x, m, cols, out),
+            Linear::I8(p) => p.forward_cols(x, m, cols, out),
+            Linear::Bf16(p) => p.forward_cols(x, m, cols, out),
         }
     }
 
@@ -659,25 +674,57 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// `x ← log_softmax(x)` per row of width `n`. `fast`: the sum of
-/// exponentials with [`exp_sum`] (vectorised, ≤ 2 ulp per term) instead of
-/// libm's `expf` one value at a time; the float32 engine keeps libm (its
-/// output stays bit for bit what it was), the reduced precisions use it
-/// (their own error is ~10⁴ times larger). On a 32k vocabulary the
-/// exponentials cost as much as the int8 output projection.
-pub(crate) fn log_softmax(x: &mut [f32], n: usize, fast: bool) {
+/// Width of the column tiles of the output projection and log-softmax: a
+/// multiple of every packed panel width ([`super::gemm::NR`],
+/// [`super::quant::NQ`]).
+pub(crate) const LOGIT_TILE: usize = 1024;
+
+/// A row's log-softmax normaliser, summed tile by tile over columns
+/// `[LOGIT_TILE·t, LOGIT_TILE·(t+1))` so that the fused output projection
+/// (which never holds a whole row, [`super::engine`]) and
+/// [`log_softmax`] give the same bits: per tile its max `m_t` and
+/// `s_t = Σ exp(v − m_t)` ([`tile_stats`]); then `M = max m_t`,
+/// `S = Σ_t s_t · exp(m_t − M)` in tile order, and `log p(v) = v − M − ln S`.
+pub(crate) fn normaliser(tiles: &[(f32, f32)]) -> (f32, f32) {
+    let max = tiles.iter().fold(f32::NEG_INFINITY, |m, t| m.max(t.0));
+    let sum: f32 = tiles.iter().map(|&(m, s)| s * (m - max).exp()).sum();
+    (max, sum.ln())
+}
+
+/// One tile's `(max, Σ exp(v − max))` for [`normaliser`].
+pub(crate) fn tile_stats(tile: &[f32]) -> (f32, f32) {
+    let max = row_max(tile);
+    let sum = if max.is_finite() {
+        exp_sum(tile, max)
+    } else if max == f32::NEG_INFINITY {
+        0.0
+    } else {
+        f32::NAN // +inf: as exp(inf - inf)
+    };
+    (max, sum)
+}
+
+super::multiversion! {
+fn row_max(x: &[f32]) -> f32 {
+    x.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
+}
+
+/// `x ← log_softmax(x)` per row of width `n`, normalised as [`normaliser`]
+/// says. The exponentials are [`exp_sum`]'s (vectorised, ≤ 2 ulp per
+/// term): with libm's `expf` one value at a time they cost as much as the
+/// output projection on a 32k vocabulary.
+pub(crate) fn log_softmax(x: &mut [f32], n: usize) {
+    let mut tiles = Vec::with_capacity(n.div_ceil(LOGIT_TILE));
     for row in x.chunks_exact_mut(n) {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f32 = if fast && max.is_finite() {
-            exp_sum(row, max)
-        } else {
-            row.iter().map(|v| (v - max).exp()).sum()
-        };
-        let lse = sum.ln();
+        tiles.clear();
+        tiles.extend(row.chunks(LOGIT_TILE).map(tile_stats));
+        let (max, lse) = normaliser(&tiles);
         row.iter_mut().for_each(|v| *v = *v - max - lse);
     }
 }
 
+super::multiversion! {
 /// `Σ exp(v − max)` over `row` (every `v − max ≤ 0`), with a branch-free
 /// exponential the compiler vectorises: `2ⁿ · p(r)`, `r = x − n·ln 2`,
 /// `p` the degree-6 Taylor polynomial (|r| ≤ ln2/2: relative error < 2⁻²³).
@@ -686,13 +733,16 @@ fn exp_sum(row: &[f32], max: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6;
     let exp = |v: f32| {
         let x = (v - max).max(-87.0);
-        let n = (x * std::f32::consts::LOG2_E).round();
-        let r = x - n * LN2_HI - n * LN2_LO;
+        // round(y) for y ≤ 0 (half away from zero) without a libm call,
+        // so that the loop vectorises: trunc(y − 0.5), exact here.
+        let n = (x * std::f32::consts::LOG2_E - 0.5) as i32;
+        let nf = n as f32;
+        let r = x - nf * LN2_HI - nf * LN2_LO;
         let p = 1.0
             + r * (1.0
                 + r * (0.5
                     + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-        p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+        p * f32::from_bits(((n + 127) as u32) << 23)
     };
     let mut acc = [0.0f32; 16];
     let chunks = row.chunks_exact(16);
@@ -704,9 +754,30 @@ fn exp_sum(row: &[f32], max: f32) -> f32 {
     }
     acc.iter().sum::<f32>() + tail
 }
+}
 
 #[cfg(test)]
 mod tests {
+    /// Over several column tiles, each log-prob is within float32 error of
+    /// a float64 log-softmax.
+    #[test]
+    fn tiled_log_softmax_matches_float64() {
+        let n = 3 * super::LOGIT_TILE + 77;
+        let row: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 * 0.013 - 4.0).collect();
+        let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+        let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+        let mut got = row.clone();
+        super::log_softmax(&mut got, n);
+        for (g, &v) in got.iter().zip(&row) {
+            let want = v as f64 - lse;
+            assert!((*g as f64 - want).abs() <= 1e-5, "{g} vs {want}");
+        }
+        let mut inf = vec![f32::NEG_INFINITY; n];
+        inf[5] = 0.0;
+        super::log_softmax(&mut inf, n);
+        assert_eq!((inf[5], inf[6]), (0.0, f32::NEG_INFINITY));
+    }
+
     #[test]
     fn fast_exp_sum_is_within_a_few_ulp_of_libm() {
         let row: Vec<f32> = (0..1000)
