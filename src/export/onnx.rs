@@ -369,10 +369,10 @@ impl DataFile {
     }
 
     /// Moves the inline weight `t` into the file (a name already stored is
-    /// referenced again); the small constants of a graph (under 1 KiB)
-    /// stay inline.
+    /// referenced again); the graph's own constants
+    /// ([`CONST_PREFIX`](super::graph::CONST_PREFIX)) stay inline.
     pub fn externalize(&mut self, t: &mut TensorProto) {
-        if t.raw_data.len() < 1024 {
+        if t.name.starts_with(super::graph::CONST_PREFIX) || t.raw_data.is_empty() {
             return;
         }
         if let Some(stored) = self.stored.get(&t.name) {
