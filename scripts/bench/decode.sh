@@ -26,7 +26,8 @@
 # COMPUTE_TYPES (default "int8 bfloat16": extra native and CTranslate2 rows
 # in these precisions; bfloat16 rows only where the CPU has AVX512_BF16),
 # DEVICE=cuda adds onnxruntime on CUDA (fp32, fp16), BIN=path skips the
-# release build and runs that admin-convert.
+# release build and runs that admin-convert, WORK=dir keeps the data and
+# checkpoints there (reused by the next run with the same WORK).
 #
 # Each row: model, sentences, tool, sentences/s, target tokens/s (decoding
 # only, as each tool reports it; CTranslate2 timed around translate_batch),
@@ -52,8 +53,13 @@ else
   cargo build --release --quiet
   bin=$(realpath "${CARGO_TARGET_DIR:-target}")/release/admin-convert
 fi
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+if [ -n "${WORK:-}" ]; then
+  work=$WORK # kept: its checkpoints and binarized sets are reused by the next run
+  mkdir -p "$work"
+else
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+fi
 peer=0
 if [ -n "$py" ] && "$py" -c 'import fairseq, ctranslate2' 2>/dev/null; then peer=1; fi
 [ $peer = 1 ] || echo "note: no Python with fairseq + ctranslate2: admin-convert only" >&2
@@ -110,6 +116,9 @@ declare -A ckpt=([tiny]=fixtures/postln-fairseq012/checkpoint_best.pt)
 declare -A mdata=([tiny]=fixtures/data-bin [base]=fixtures/data-bin)
 models=${MODELS:-"tiny base"}
 build() { # NAME DATA DIM FFN HEADS
+  ckpt[$1]=$work/$1.pt
+  mdata[$1]=$2
+  [ -s "$work/$1.pt" ] && return # WORK=dir from an earlier run
   "$py" - fixtures/postln-fairseq012/checkpoint_best.pt "$(realpath "$2")" "$work/$1.pt" "$3" "$4" "$5" >/dev/null 2>&1 <<'PY'
 import sys, torch
 from fairseq import tasks
@@ -124,10 +133,9 @@ for k, v in dict(encoder_embed_dim=d, decoder_embed_dim=d, encoder_ffn_embed_dim
     setattr(m, k, v)
 m.data = data
 state["model"] = tasks.setup_task(m).build_model(m).state_dict()
-torch.save(state, out)
+torch.save(state, out + ".tmp")
 PY
-  ckpt[$1]=$work/$1.pt
-  mdata[$1]=$2
+  mv "$work/$1.pt.tmp" "$work/$1.pt"
 }
 if [ $peer = 1 ]; then
   [[ " $models " == *" base "* ]] && build base fixtures/data-bin 512 2048 8

@@ -9,6 +9,13 @@
 //! chosen beams, and sentences that are done are dropped from the batch so
 //! the work shrinks as the batch finishes.
 //!
+//! Sessions that can ([`crate::runtime::Session::step_top`]: the native
+//! engine) return per row only the best candidates, the log-probs of PAD,
+//! EOS and UNK and a bound on the rest ([`super::top`]); the selection
+//! below runs on those and falls back to the sentence's full rows when the
+//! bound cannot rule out a left-out token, so the result is the one the
+//! full `[rows, vocab]` log-probs give.
+//!
 //! Numbers follow fairseq's float32 arithmetic: cumulative scores are
 //! float32 sums of the step log-probabilities, a finished hypothesis scores
 //! `cumulative / (len)^lenpen` in float32 (the length counts the EOS), and
@@ -37,7 +44,8 @@
 //! some rows differently by their position in the batch), as fairseq's do;
 //! scores then agree to about 1e-7, not bit for bit.
 
-use crate::runtime::ModelEngine;
+use super::top::{TopRequest, TopStep};
+use crate::runtime::{ModelEngine, Session};
 use crate::spec::{EOS, PAD, UNK};
 use anyhow::{bail, ensure, Result};
 use ndarray::{Array1, Array2};
@@ -179,6 +187,48 @@ struct Candidate {
     flat: usize,
 }
 
+/// The `k` best of the scores pushed, highest first, ties by lower flat
+/// index when pushed in increasing flat index order (what `torch.topk`
+/// gives in practice, see the module docs).
+struct Selector {
+    k: usize,
+    best: Vec<Candidate>,
+}
+
+impl Selector {
+    fn new(k: usize) -> Selector {
+        Selector {
+            k,
+            best: Vec::with_capacity(k + 1),
+        }
+    }
+
+    #[inline]
+    fn push(&mut self, score: f32, flat: usize) {
+        let k = self.k;
+        if k == 0 {
+            return;
+        }
+        // NaN never wins (fairseq 0.12 turns NaN into -inf).
+        let score = if score.is_nan() {
+            f32::NEG_INFINITY
+        } else {
+            score
+        };
+        if self.best.len() == k {
+            // Equal scores keep the earlier (lower) index: strictly
+            // better only (no NaN here: mapped to -inf above).
+            if score <= self.best[k - 1].score {
+                return;
+            }
+            self.best.pop();
+        }
+        // Insert after every candidate scoring >= this one.
+        let pos = self.best.partition_point(|c| c.score >= score);
+        self.best.insert(pos, Candidate { score, flat });
+    }
+}
+
 /// The `k` best of `scores` (flattened `rows × vocab`, `rows[j] + offset[j]`
 /// for row `j`), highest score first, ties by lower flat index.
 fn top_k(
@@ -188,42 +238,83 @@ fn top_k(
     k: usize,
 ) -> Vec<Candidate> {
     let vocab = lprobs.ncols();
-    let mut best: Vec<Candidate> = Vec::with_capacity(k + 1);
-    if k == 0 {
-        return best;
-    }
+    let mut sel = Selector::new(k);
     for (j, row) in rows.enumerate() {
         let offset = offsets[j];
         let lp = lprobs.row(row);
         let lp = lp.as_slice().expect("lprobs rows are contiguous");
         for (v, &x) in lp.iter().enumerate() {
-            let score = x + offset;
-            // NaN never wins (fairseq 0.12 turns NaN into -inf).
-            let score = if score.is_nan() {
-                f32::NEG_INFINITY
-            } else {
-                score
-            };
-            if best.len() == k {
-                // Equal scores keep the earlier (lower) index: strictly
-                // better only (no NaN here: mapped to -inf above).
-                if score <= best[k - 1].score {
-                    continue;
-                }
-                best.pop();
-            }
-            // Insert after every candidate scoring >= this one.
-            let pos = best.partition_point(|c| c.score >= score);
-            best.insert(
-                pos,
-                Candidate {
-                    score,
-                    flat: j * vocab + v,
-                },
-            );
+            sel.push(x + offset, j * vocab + v);
         }
     }
-    best
+    sel.best
+}
+
+/// Candidates each row returns besides PAD, EOS and UNK (which fairseq's
+/// rules adjust): two more than the `2·beam` a sentence keeps, so that
+/// near-ties rarely send beam search back to the full rows.
+fn top_request(beam: usize) -> TopRequest {
+    let mut always = vec![PAD, EOS, UNK];
+    always.sort_unstable();
+    TopRequest {
+        k: 2 * beam + 2,
+        always,
+    }
+}
+
+/// [`adjust`] for one log-prob of token `v`.
+fn adjust_one(v: usize, x: f32, step: usize, max_len: usize, opts: &BeamOptions) -> f32 {
+    if v == PAD || (step >= max_len && v != EOS) || (v == EOS && (step as i64) < opts.min_len) {
+        f32::NEG_INFINITY
+    } else if v == UNK && opts.unkpen != 0.0 {
+        x - opts.unkpen as f32
+    } else {
+        x
+    }
+}
+
+/// [`top_k`] on the candidates a step returned for rows `rows` (a
+/// sentence's), after fairseq's adjustments; `None` when a token some row
+/// left out could be among the `k` best (beam search then takes the full
+/// rows), see [`crate::decode::top`].
+#[allow(clippy::too_many_arguments)]
+fn top_k_sparse(
+    top: &TopStep,
+    rows: std::ops::Range<usize>,
+    offsets: &[f32],
+    k: usize,
+    vocab: usize,
+    step: usize,
+    max_len: usize,
+    opts: &BeamOptions,
+) -> Option<Vec<Candidate>> {
+    let mut sel = Selector::new(k);
+    let mut row: Vec<(usize, f32)> = Vec::with_capacity(top.width);
+    for (j, r) in rows.clone().enumerate() {
+        row.clear();
+        row.extend(
+            top.row(r)
+                .filter(|&(v, _)| v < vocab)
+                .map(|(v, x)| (v, adjust_one(v, x, step, max_len, opts))),
+        );
+        row.sort_unstable_by_key(|e| e.0);
+        for &(v, x) in &row {
+            sel.push(x + offsets[j], j * vocab + v);
+        }
+    }
+    let cands = sel.best;
+    if step >= max_len {
+        // Every left-out token is -inf and the sentence ends here: only
+        // EOS candidates (all returned) matter.
+        return Some(cands);
+    }
+    let last = cands.get(k.checked_sub(1)?)?.score;
+    // A left-out token scores at most bound + offset (float addition is
+    // monotonic); strictly below the last selected it cannot enter.
+    let safe = rows
+        .enumerate()
+        .all(|(j, r)| top.bound[r] + offsets[j] < last);
+    safe.then_some(cands)
 }
 
 /// Applies fairseq's per-step rules to the log-probabilities.
@@ -251,6 +342,22 @@ fn adjust(lprobs: &mut Array2<f32>, step: usize, max_len: usize, opts: &BeamOpti
             row[eos] = f32::NEG_INFINITY;
         }
     }
+}
+
+/// Rows `rows` of the last step's full log-probs, `[rows, vocab]`.
+fn full_rows(
+    session: &mut dyn Session,
+    rows: std::ops::Range<usize>,
+    vocab: usize,
+) -> Result<Array2<f32>> {
+    let n = rows.len();
+    let mut out = Vec::with_capacity(n * vocab);
+    for r in rows {
+        let row = session.row_lprobs(r)?;
+        ensure!(row.len() == vocab, "internal error: row of {}", row.len());
+        out.extend_from_slice(&row);
+    }
+    Ok(Array2::from_shape_vec((n, vocab), out)?)
 }
 
 /// Beam search over one batch. `src[i]` are source token ids ending with
@@ -282,6 +389,14 @@ pub fn beam_search<E: ModelEngine + ?Sized>(
     let info = *backend.info();
     let max_len = opts.checked_max_len(width, info.max_target_positions)?;
 
+    let vocab = info.tgt_vocab;
+    ensure!(
+        vocab > EOS,
+        "the target vocabulary has only {vocab} entries"
+    );
+    let request = top_request(beam);
+    // Per-row candidates when they leave some tokens out.
+    let use_top = vocab > request.always.len() + request.k;
     let mut session = backend.begin(tokens.view())?;
     let mut sentences: Vec<Sentence> = (0..bsz)
         .map(|index| Sentence {
@@ -296,19 +411,36 @@ pub fn beam_search<E: ModelEngine + ?Sized>(
     for step in 0..=max_len {
         // Rows per sentence in this step's decoder batch: 1 at step 0.
         let per = if step == 0 { 1 } else { beam };
-        let mut lprobs = session.step(prev.view())?;
-        ensure!(
-            lprobs.nrows() == sentences.len() * per,
-            "the decoder returned {} rows for {} hypotheses",
-            lprobs.nrows(),
-            sentences.len() * per
-        );
-        let vocab = lprobs.ncols();
-        ensure!(
-            vocab > EOS,
-            "the target vocabulary has only {vocab} entries"
-        );
-        adjust(&mut lprobs, step, max_len, opts);
+        let rows_now = sentences.len() * per;
+        let mut step_out = if use_top {
+            session.step_top(prev.view(), &request)?
+        } else {
+            None
+        };
+        let mut dense = match step_out {
+            Some(_) => None,
+            None => Some(session.step(prev.view())?),
+        };
+        if let Some(top) = &step_out {
+            ensure!(
+                top.rows() == rows_now,
+                "the decoder returned {} rows for {rows_now} hypotheses",
+                top.rows()
+            );
+        }
+        if let Some(lprobs) = &mut dense {
+            ensure!(
+                lprobs.nrows() == rows_now,
+                "the decoder returned {} rows for {rows_now} hypotheses",
+                lprobs.nrows()
+            );
+            ensure!(
+                lprobs.ncols() == vocab,
+                "the decoder returned {} log-probs per row for a vocabulary of {vocab}",
+                lprobs.ncols()
+            );
+            adjust(lprobs, step, max_len, opts);
+        }
         // fairseq: k = min(2·beam, rows·vocab − 1), "-1 so we never select pad".
         let k = (2 * beam).min(per * vocab - 1);
         let length_norm = if opts.normalize_scores {
@@ -326,7 +458,28 @@ pub fn beam_search<E: ModelEngine + ?Sized>(
                 .map(|b| b.cumulative.last().copied().unwrap_or(0.0))
                 .collect();
             debug_assert_eq!(offsets.len(), per);
-            let cands = top_k(&lprobs, si * per..(si + 1) * per, &offsets, k);
+            let rows = si * per..(si + 1) * per;
+            let cands = match (&dense, &mut step_out) {
+                (Some(lprobs), _) => top_k(lprobs, rows, &offsets, k),
+                (None, Some(top)) => match top_k_sparse(
+                    top,
+                    rows.clone(),
+                    &offsets,
+                    k,
+                    vocab,
+                    step,
+                    max_len,
+                    opts,
+                ) {
+                    Some(c) => c,
+                    None => {
+                        let mut full = full_rows(session.as_mut(), rows, vocab)?;
+                        adjust(&mut full, step, max_len, opts);
+                        top_k(&full, 0..per, &offsets, k)
+                    }
+                },
+                (None, None) => unreachable!("one of the two step outputs"),
+            };
             let is_eos = |c: &Candidate| c.flat % vocab == EOS && c.score != f32::NEG_INFINITY;
             for c in cands.iter().take(beam) {
                 if !is_eos(c) || sent.finalized.len() >= beam {

@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod beam;
+pub mod top;
 
 pub use batch::{decode_all, decode_batches, plan, plan_shard, Batching, Shard};
 pub use beam::{beam_search, BeamOptions, Hypothesis};

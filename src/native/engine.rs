@@ -8,7 +8,10 @@
 //! descends from (`hist`): reordering copies `rows × step` integers.
 //! Cross-attention keys and values are kept once per sentence, not per beam.
 
-use super::model::{activate, attend_heads, log_softmax, NativeModel};
+use super::model::{
+    activate, attend_heads, log_softmax, normaliser, tile_stats, Linear, NativeModel, LOGIT_TILE,
+};
+use crate::decode::top::{RowBest, TopRequest, TopStep};
 use crate::spec::PAD;
 use anyhow::{ensure, Result};
 use ndarray::{Array2, ArrayView2};
@@ -22,6 +25,7 @@ pub(crate) struct Scratch {
     wide: Vec<f32>,
     att: Vec<f32>,
     probs: Vec<f32>,
+    top: TopScratch,
 }
 
 /// Cross-attention keys and values of one sentence: per decoder layer,
@@ -195,6 +199,8 @@ pub struct Session<'a> {
     k: Vec<Vec<Vec<f32>>>,
     v: Vec<Vec<Vec<f32>>>,
     scratch: Vec<Scratch>,
+    /// `[rows, d]`: the decoder's last hidden states (for `row_lprobs`).
+    hidden: Vec<f32>,
 }
 
 impl<'a> Session<'a> {
@@ -212,6 +218,7 @@ impl<'a> Session<'a> {
             k: vec![vec![]; layers],
             v: vec![vec![]; layers],
             scratch: (0..threads.max(1)).map(|_| Scratch::default()).collect(),
+            hidden: vec![],
         })
     }
 
@@ -221,6 +228,58 @@ impl<'a> Session<'a> {
 
     /// Feeds one token per row; returns log-probs `[rows, vocab]`.
     pub fn step(&mut self, prev: &[i64]) -> Result<Array2<f32>> {
+        let (r, vocab) = (self.rows(), self.m.info.tgt_vocab);
+        let mut out = vec![0.0f32; r * vocab];
+        self.run_step(prev, Head::Full(&mut out))?;
+        Ok(Array2::from_shape_vec((r, vocab), out)?)
+    }
+
+    /// Feeds one token per row; returns each row's best candidates
+    /// ([`crate::decode::top`]), the output projection, log-softmax and
+    /// selection fused tile by tile (no `[rows, vocab]` array).
+    pub fn step_top(&mut self, prev: &[i64], req: &TopRequest) -> Result<TopStep> {
+        let r = self.rows();
+        let vocab = self.m.output.n();
+        ensure!(
+            req.always.iter().all(|&a| a < vocab) && req.always.windows(2).all(|w| w[0] < w[1]),
+            "internal error: bad candidate request {:?}",
+            req.always
+        );
+        let width = req.always.len() + req.k.min(vocab - req.always.len());
+        let mut top = TopStep {
+            width,
+            tokens: vec![0; r * width],
+            lprobs: vec![0.0; r * width],
+            bound: vec![0.0; r],
+        };
+        self.run_step(
+            prev,
+            Head::Top {
+                req,
+                tokens: &mut top.tokens,
+                lprobs: &mut top.lprobs,
+                bound: &mut top.bound,
+            },
+        )?;
+        Ok(top)
+    }
+
+    /// Row `row`'s full log-probs at the last step (the values
+    /// [`Session::step_top`] returned for its candidates: the same
+    /// projection and normaliser, one row alone).
+    pub fn row_lprobs(&self, row: usize) -> Result<Vec<f32>> {
+        let d = self.m.dec_d;
+        ensure!(
+            (row + 1) * d <= self.hidden.len(),
+            "internal error: row {row} of the last step"
+        );
+        let mut out = vec![0.0; self.m.output.n()];
+        self.m.output.forward(&self.hidden[row * d..][..d], 1, &mut out);
+        log_softmax(&mut out, self.m.output.n());
+        Ok(out)
+    }
+
+    fn run_step(&mut self, prev: &[i64], head: Head) -> Result<()> {
         let m = self.m;
         let r = self.rows();
         ensure!(
@@ -251,12 +310,13 @@ impl<'a> Session<'a> {
         let layers = m.dec_layers.len();
         let mut new_k: Vec<Vec<f32>> = (0..layers).map(|_| vec![0.0; r * d]).collect();
         let mut new_v: Vec<Vec<f32>> = (0..layers).map(|_| vec![0.0; r * d]).collect();
-        let mut out = vec![0.0f32; r * vocab];
+        self.hidden.resize(r * d, 0.0);
         let parts = self.threads.min(r.div_ceil(super::gemm::MR)).max(1);
         let size = r.div_ceil(parts).max(1);
         let shards = r.div_ceil(size);
         let ks = per_shard(&mut new_k, shards, size * d);
         let vs = per_shard(&mut new_v, shards, size * d);
+        let heads = head.split(size, vocab);
         let t = self.t;
         let ctx = StepCtx {
             m,
@@ -270,10 +330,11 @@ impl<'a> Session<'a> {
         let jobs = ks
             .into_iter()
             .zip(vs)
-            .zip(out.chunks_mut(size * vocab))
+            .zip(heads)
+            .zip(self.hidden.chunks_mut(size * d))
             .zip(self.scratch.iter_mut())
             .enumerate()
-            .map(|(i, (((k, v), o), s))| (i * size, k, v, o, s));
+            .map(|(i, ((((k, v), o), x), s))| (i * size, k, v, o, x, s));
         std::thread::scope(|sc| {
             let mut handles = vec![];
             let mut local = None;
@@ -283,13 +344,13 @@ impl<'a> Session<'a> {
                 } else {
                     let ctx = &ctx;
                     handles.push(sc.spawn(move || {
-                        let (r0, k, v, o, s) = job;
-                        ctx.run(r0, &prev[r0..r0 + o.len() / vocab], k, v, o, s)
+                        let (r0, k, v, o, x, s) = job;
+                        ctx.run(r0, &prev[r0..r0 + x.len() / d], k, v, o, x, s)
                     }));
                 }
             }
-            if let Some((r0, k, v, o, s)) = local {
-                ctx.run(r0, &prev[r0..r0 + o.len() / vocab], k, v, o, s);
+            if let Some((r0, k, v, o, x, s)) = local {
+                ctx.run(r0, &prev[r0..r0 + x.len() / d], k, v, o, x, s);
             }
             for h in handles {
                 h.join().expect("decoder thread panicked");
@@ -300,7 +361,7 @@ impl<'a> Session<'a> {
             self.v[l].push(v);
         }
         self.t += 1;
-        Ok(Array2::from_shape_vec((r, vocab), out)?)
+        Ok(())
     }
 
     /// Row `i` of the next step continues row `rows[i]` of the last one.
@@ -356,7 +417,8 @@ impl StepCtx<'_> {
         prev: &[i64],
         mut new_k: Vec<&mut [f32]>,
         mut new_v: Vec<&mut [f32]>,
-        lprobs: &mut [f32],
+        head: Head,
+        hidden: &mut [f32],
         s: &mut Scratch,
     ) {
         let m = self.m;
@@ -451,10 +513,143 @@ impl StepCtx<'_> {
         if let Some(nm) = &m.dec_final {
             nm.apply(x);
         }
-        let vocab = m.output.n();
-        m.output.forward(x, n, lprobs);
-        let fast = m.compute_type != super::ComputeType::Float32;
-        log_softmax(lprobs, vocab, fast);
+        hidden.copy_from_slice(x);
+        match head {
+            Head::Full(lprobs) => {
+                m.output.forward(hidden, n, lprobs);
+                log_softmax(lprobs, m.output.n());
+            }
+            Head::Top {
+                req,
+                tokens,
+                lprobs,
+                bound,
+            } => top_head(&m.output, hidden, req, tokens, lprobs, bound, &mut s.top),
+        }
+    }
+}
+
+/// What a step returns: the full log-probs, or per-row candidates.
+enum Head<'a> {
+    Full(&'a mut [f32]),
+    Top {
+        req: &'a TopRequest,
+        tokens: &'a mut [u32],
+        lprobs: &'a mut [f32],
+        bound: &'a mut [f32],
+    },
+}
+
+impl<'a> Head<'a> {
+    /// Cuts the outputs into shards of `size` rows.
+    fn split(self, size: usize, vocab: usize) -> Vec<Head<'a>> {
+        match self {
+            Head::Full(o) => o.chunks_mut(size * vocab).map(Head::Full).collect(),
+            Head::Top {
+                req,
+                tokens,
+                lprobs,
+                bound,
+            } => {
+                let w = tokens.len() / bound.len().max(1);
+                tokens
+                    .chunks_mut(size * w)
+                    .zip(lprobs.chunks_mut(size * w))
+                    .zip(bound.chunks_mut(size))
+                    .map(|((tokens, lprobs), bound)| Head::Top {
+                        req,
+                        tokens,
+                        lprobs,
+                        bound,
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// Per-thread buffers of [`top_head`].
+#[derive(Default)]
+pub(crate) struct TopScratch {
+    logits: Vec<f32>,
+    /// `[rows, tiles]` of [`tile_stats`].
+    stats: Vec<(f32, f32)>,
+    /// `[rows, always]` logits of the always-returned tokens.
+    always: Vec<f32>,
+    best: Vec<RowBest>,
+}
+
+/// The output projection of `x` (`[n, d]`) in column tiles of
+/// [`LOGIT_TILE`], each tile's log-softmax statistics and every row's best
+/// tokens, then per row: the `always` tokens' and the best tokens'
+/// log-probs, and the bound of the rest (see [`crate::decode::top`]).
+fn top_head(
+    output: &Linear,
+    x: &[f32],
+    req: &TopRequest,
+    tokens: &mut [u32],
+    lprobs: &mut [f32],
+    bound: &mut [f32],
+    s: &mut TopScratch,
+) {
+    let n = bound.len();
+    let vocab = output.n();
+    let na = req.always.len();
+    let k = req.k.min(vocab - na);
+    let width = na + k;
+    let tiles = vocab.div_ceil(LOGIT_TILE);
+    s.logits.resize(n * LOGIT_TILE.min(vocab), 0.0);
+    s.stats.resize(n * tiles, (0.0, 0.0));
+    s.always.resize(n * na, 0.0);
+    if s.best.len() < n {
+        s.best.resize_with(n, RowBest::default);
+    }
+    s.best[..n].iter_mut().for_each(|b| b.reset(k));
+    for (t, c0) in (0..vocab).step_by(LOGIT_TILE).enumerate() {
+        let cols = c0..(c0 + LOGIT_TILE).min(vocab);
+        let w = cols.len();
+        let logits = &mut s.logits[..n * w];
+        output.forward_cols(x, n, cols.clone(), logits);
+        for (i, row) in logits.chunks_exact(w).enumerate() {
+            s.stats[i * tiles + t] = tile_stats(row);
+            for (a, &tok) in req.always.iter().enumerate() {
+                if cols.contains(&tok) {
+                    s.always[i * na + a] = row[tok - c0];
+                }
+            }
+            let best = &mut s.best[i];
+            let mut floor = best.floor();
+            for (v, &val) in row.iter().enumerate() {
+                if val > floor && req.always.binary_search(&(c0 + v)).is_err() {
+                    best.offer(val, (c0 + v) as u32);
+                    floor = best.floor();
+                }
+            }
+        }
+    }
+    for i in 0..n {
+        let (max, lse) = normaliser(&s.stats[i * tiles..][..tiles]);
+        let lp = |v: f32| v - max - lse;
+        let (tok, lpr) = (
+            &mut tokens[i * width..][..width],
+            &mut lprobs[i * width..][..width],
+        );
+        for (a, &t) in req.always.iter().enumerate() {
+            tok[a] = t as u32;
+            lpr[a] = lp(s.always[i * na + a]);
+        }
+        let best = s.best[i].best();
+        for j in 0..k {
+            (tok[na + j], lpr[na + j]) = match best.get(j) {
+                Some(&(v, t)) => (t, lp(v)),
+                None => (u32::MAX, f32::NEG_INFINITY),
+            };
+        }
+        bound[i] = match best.get(k) {
+            _ if lse.is_nan() => f32::NAN,
+            Some(&(v, _)) => lp(v),
+            None => f32::NEG_INFINITY,
+        };
     }
 }
 
@@ -484,4 +679,66 @@ pub(crate) fn forced(
         s.reorder(&ident)?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{top_head, TopScratch};
+    use crate::decode::top::TopRequest;
+    use crate::native::model::{log_softmax, Linear};
+    use crate::native::ComputeType;
+
+    /// The fused head returns the full log-softmax's values for its
+    /// candidates, the best tokens in order, and a bound above the rest,
+    /// over several column tiles, on every compute type.
+    #[test]
+    fn fused_head_equals_the_full_log_softmax() {
+        let (vocab, d, n) = (2500, 40, 7);
+        let mut seed = 3u32;
+        let mut rnd = move || {
+            seed = seed.wrapping_mul(1664525).wrapping_add(1013904223);
+            (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        let w = ndarray::Array2::from_shape_fn((vocab, d), |_| rnd());
+        let mut x: Vec<f32> = (0..n * d).map(|_| rnd() * 8.0).collect();
+        x[..d].fill(0.0); // a row of exact ties
+        let req = TopRequest {
+            k: 10,
+            always: vec![1, 2, 3],
+        };
+        let cts = [ComputeType::Float32, ComputeType::Int8, ComputeType::Bfloat16];
+        for ct in cts {
+            if ct == ComputeType::Bfloat16 && crate::native::quant::bf16_kernel().is_none() {
+                continue;
+            }
+            let lin = Linear::new(&[w.view()], None, ct);
+            let mut full = vec![0.0; n * vocab];
+            lin.forward(&x, n, &mut full);
+            log_softmax(&mut full, vocab);
+            let width = 13;
+            let (mut tok, mut lp, mut bound) =
+                (vec![0u32; n * width], vec![0.0; n * width], vec![0.0; n]);
+            let mut s = TopScratch::default();
+            top_head(&lin, &x, &req, &mut tok, &mut lp, &mut bound, &mut s);
+            for i in 0..n {
+                let row = &full[i * vocab..][..vocab];
+                for j in 0..width {
+                    let t = tok[i * width + j] as usize;
+                    assert_eq!(lp[i * width + j], row[t], "{ct:?} row {i} token {t}");
+                }
+                assert_eq!(&tok[i * width..][..3], &[1, 2, 3]);
+                // The best others, best first, ties by lower index.
+                let mut order: Vec<usize> = (0..vocab).filter(|v| !(1..=3).contains(v)).collect();
+                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+                let got: Vec<usize> = tok[i * width + 3..][..10].iter().map(|&t| t as usize).collect();
+                if i > 0 {
+                    assert_eq!(got, order[..10], "{ct:?} row {i}");
+                }
+                assert_eq!(bound[i], row[order[10]], "{ct:?} row {i} bound");
+                for &v in &order[10..] {
+                    assert!(row[v] <= bound[i]);
+                }
+            }
+        }
+    }
 }

@@ -9,6 +9,7 @@
 //! the running total. A sentence's log-probs therefore do not depend on the
 //! batch it is decoded in (tract's do, in the last bits).
 
+use std::ops::Range;
 use std::sync::OnceLock;
 
 /// Rows of the micro-kernel.
@@ -63,35 +64,51 @@ impl Packed {
 
     /// `out[m × n] = x[m × k] · Wᵀ + b` (`x` and `out` row-major, contiguous).
     pub fn forward(&self, x: &[f32], m: usize, out: &mut [f32]) {
-        self.forward_with(kernel(), x, m, out)
+        self.forward_with(kernel(), x, m, 0..self.n, out)
     }
 
-    fn forward_with(&self, kernel: Kernel, x: &[f32], m: usize, out: &mut [f32]) {
-        let (k, n) = (self.k, self.n);
-        assert!(x.len() >= m * k && out.len() >= m * n, "gemm operand sizes");
-        if m == 0 || n == 0 {
+    /// Columns `cols` of [`Packed::forward`] into `out[m × cols.len()]`,
+    /// with the same bits. `cols.start` is a multiple of [`NR`], and so is
+    /// `cols.end` unless it is `n`.
+    pub fn forward_cols(&self, x: &[f32], m: usize, cols: Range<usize>, out: &mut [f32]) {
+        self.forward_with(kernel(), x, m, cols, out)
+    }
+
+    fn forward_with(
+        &self,
+        kernel: Kernel,
+        x: &[f32],
+        m: usize,
+        cols: Range<usize>,
+        out: &mut [f32],
+    ) {
+        let k = self.k;
+        check_cols(&cols, self.n, NR);
+        let w = cols.len();
+        assert!(x.len() >= m * k && out.len() >= m * w, "gemm operand sizes");
+        if m == 0 || w == 0 {
             return;
         }
         if k == 0 {
-            out[..m * n].fill(0.0);
+            out[..m * w].fill(0.0);
         }
-        let np = n.div_ceil(NR);
+        let (p0, p1) = (cols.start / NR, cols.end.div_ceil(NR));
         let mut tile = [0.0f32; MR * NR];
         for k0 in (0..k).step_by(KC) {
             let kc = KC.min(k - k0);
             let first = k0 == 0;
             for i0 in (0..m).step_by(MC) {
                 let mc = MC.min(m - i0);
-                for p in 0..np {
+                for p in p0..p1 {
                     let b = &self.panels[p * k * NR + k0 * NR..][..kc * NR];
-                    let cols = NR.min(n - p * NR);
+                    let width = NR.min(cols.end - p * NR);
                     for i in (i0..i0 + mc).step_by(MR) {
                         let mr = MR.min(i0 + mc - i);
                         let a = &x[i * k + k0..];
                         kernel(mr, kc, a, k, b, &mut tile);
                         for r in 0..mr {
-                            let c = &mut out[(i + r) * n + p * NR..][..cols];
-                            let t = &tile[r * NR..][..cols];
+                            let c = &mut out[(i + r) * w + (p - p0) * NR..][..width];
+                            let t = &tile[r * NR..][..width];
                             if first {
                                 c.copy_from_slice(t);
                             } else {
@@ -105,8 +122,8 @@ impl Packed {
             }
         }
         if let Some(b) = &self.bias {
-            for row in out[..m * n].chunks_exact_mut(n) {
-                for (c, b) in row.iter_mut().zip(b) {
+            for row in out[..m * w].chunks_exact_mut(w) {
+                for (c, b) in row.iter_mut().zip(&b[cols.clone()]) {
                     *c += b;
                 }
             }
@@ -114,20 +131,36 @@ impl Packed {
     }
 }
 
+/// Checks a column range for `forward_cols`: panel-aligned start, end a
+/// panel boundary or `n`.
+pub(crate) fn check_cols(cols: &Range<usize>, n: usize, panel: usize) {
+    assert!(
+        cols.start <= cols.end
+            && cols.end <= n
+            && cols.start.is_multiple_of(panel)
+            && (cols.end.is_multiple_of(panel) || cols.end == n),
+        "column range {cols:?} of {n} is not panel-aligned"
+    );
+}
+
 /// `tile[r][c] = Σ_p a[r·lda + p] · b[p·NR + c]` for `r < mr`, `p < kc`.
 type Kernel = fn(usize, usize, &[f32], usize, &[f32], &mut [f32; MR * NR]);
 
-/// The float32 kernels this CPU runs, fastest first (the portable one
-/// last). All sum every element in the same order (one fused multiply-add
+/// The float32 kernels this CPU runs (under `ADMIN_CONVERT_KERNELS`'s
+/// cap), fastest first (the portable one last). All sum every element in the same order (one fused multiply-add
 /// per `p`, upwards), so they give the same bits.
 pub fn kernels() -> Vec<(&'static str, Kernel)> {
     let mut v: Vec<(&'static str, Kernel)> = vec![];
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
+        use super::KernelCap;
+        let cap = super::cap();
+        if cap >= KernelCap::Native && std::arch::is_x86_feature_detected!("avx512f") {
             v.push(("avx512f", x86::kernel512 as Kernel));
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        if cap >= KernelCap::Avx2
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
         {
             v.push(("avx2-fma", x86::kernel as Kernel));
         }
@@ -321,12 +354,21 @@ mod tests {
             let mut one = vec![0.0; n];
             p.forward(&x[(m - 1) * k..], 1, &mut one);
             assert_eq!(&one[..], &y[(m - 1) * n..], "{m}x{k}x{n}: last row alone");
+            // Any panel-aligned column range gives the same bits.
+            for c0 in (0..n).step_by(NR) {
+                let c1 = (c0 + 2 * NR).min(n);
+                let mut part = vec![f32::NAN; m * (c1 - c0)];
+                p.forward_cols(&x, m, c0..c1, &mut part);
+                for i in 0..m {
+                    assert_eq!(&part[i * (c1 - c0)..][..c1 - c0], &y[i * n + c0..i * n + c1]);
+                }
+            }
             // Every kernel gives the portable kernel's bits.
             let mut want = vec![f32::NAN; m * n];
-            p.forward_with(portable, &x, m, &mut want);
+            p.forward_with(portable, &x, m, 0..n, &mut want);
             for (name, kern) in kernels() {
                 let mut got = vec![f32::NAN; m * n];
-                p.forward_with(kern, &x, m, &mut got);
+                p.forward_with(kern, &x, m, 0..n, &mut got);
                 assert_eq!(got, want, "{name} at {m}x{k}x{n}");
             }
         }

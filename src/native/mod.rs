@@ -12,21 +12,116 @@
 //!   sentences / decoder rows; the self-attention cache is never copied
 //!   (rows keep their ancestry), cross-attention keys and values are kept
 //!   once per sentence instead of once per beam.
+//!   For beam search the output projection, log-softmax and per-row top-k
+//!   run fused over column tiles ([`engine::Session::step_top`]): no
+//!   `[rows, vocab]` array on large vocabularies.
 //!
 //! * [`quant`]: int8 (per-channel weight scales, per-row activation
 //!   scales) and bfloat16 linear maps, kernels chosen from the CPU's flags
 //!   (AVX-512 VNNI, AVX2, AVX512_BF16, portable); see its docs for the
 //!   scheme. [`ComputeType`] picks one (`--compute-type`).
 //!
+//! ## Kernel override
+//!
+//! `ADMIN_CONVERT_KERNELS=portable|avx2|native` caps the kernels every
+//! dispatch (float32, int8, bfloat16, the vectorised row operations) may
+//! choose: `avx2` runs what an AVX2-only CPU would (AVX2/FMA float32, AVX2
+//! int8, no bfloat16), `portable` the plain-Rust fallbacks; `native` (or
+//! unset) takes the best this CPU has. A cap never raises the level above
+//! what the CPU has. Any other value is refused when the engine starts
+//! ([`kernel_cap`]).
+//!
 //! It implements [`crate::runtime::ModelEngine`] directly: [`ModelEngine::begin`]
 //! (beam search) and [`ModelEngine::forced`] (scoring); it runs no ONNX graphs.
 //! Everything but the linear maps (embeddings, LayerNorm, attention,
 //! softmax) stays float32 whatever the compute type.
 
+/// Defines `fn name(args) -> R { body }` compiled three times: for
+/// AVX-512F, for AVX2 and for the baseline, run by what the CPU has and
+/// `ADMIN_CONVERT_KERNELS` allows ([`simd_level`]). The body is plain Rust,
+/// so every version does the same float32 operations in the same order
+/// (Rust never fuses a multiply and an add by itself): the same bits, only
+/// wider vectors.
+macro_rules! multiversion {
+    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),*) -> $r:ty $body:block) => {
+        $(#[$m])*
+        $vis fn $name($($a: $t),*) -> $r {
+            #[inline(always)]
+            fn body($($a: $t),*) -> $r $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                unsafe fn v512($($a: $t),*) -> $r {
+                    body($($a),*)
+                }
+                #[target_feature(enable = "avx2")]
+                unsafe fn v256($($a: $t),*) -> $r {
+                    body($($a),*)
+                }
+                match $crate::native::simd_level() {
+                    // SAFETY: simd_level() says the CPU has the feature.
+                    2 => return unsafe { v512($($a),*) },
+                    1 => return unsafe { v256($($a),*) },
+                    _ => {}
+                }
+            }
+            body($($a),*)
+        }
+    };
+}
+pub(crate) use multiversion;
+
+/// 2: AVX-512F, 1: AVX2, 0: baseline; what the CPU has, capped by
+/// `ADMIN_CONVERT_KERNELS`.
+pub(crate) fn simd_level() -> u8 {
+    static L: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
+    *L.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let c = cap();
+            if c >= KernelCap::Native && std::arch::is_x86_feature_detected!("avx512f") {
+                return 2;
+            }
+            if c >= KernelCap::Avx2 && std::arch::is_x86_feature_detected!("avx2") {
+                return 1;
+            }
+        }
+        0
+    })
+}
+
 pub mod engine;
 pub mod gemm;
 pub mod model;
 pub mod quant;
+
+/// The kernel levels `ADMIN_CONVERT_KERNELS` may cap dispatch at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum KernelCap {
+    Portable,
+    Avx2,
+    Native,
+}
+
+/// The environment variable read by [`kernel_cap`].
+pub const KERNELS_ENV: &str = "ADMIN_CONVERT_KERNELS";
+
+/// The cap `ADMIN_CONVERT_KERNELS` sets (unset or empty: `native`).
+pub fn kernel_cap() -> Result<KernelCap> {
+    match std::env::var(KERNELS_ENV).as_deref() {
+        Err(_) | Ok("") | Ok("native") => Ok(KernelCap::Native),
+        Ok("avx2") => Ok(KernelCap::Avx2),
+        Ok("portable") => Ok(KernelCap::Portable),
+        Ok(other) => bail!("{KERNELS_ENV}={other:?}: expected portable, avx2 or native"),
+    }
+}
+
+/// [`kernel_cap`] for the dispatchers, read once (a bad value, refused by
+/// [`NativeBackend`] before any kernel runs, caps nothing here).
+pub(crate) fn cap() -> KernelCap {
+    static CAP: std::sync::OnceLock<KernelCap> = std::sync::OnceLock::new();
+    *CAP.get_or_init(|| kernel_cap().unwrap_or(KernelCap::Native))
+}
 
 /// The precision of the native engine's linear maps (CTranslate2's words).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -147,7 +242,12 @@ impl NativeBackend {
         threads: Option<usize>,
         ct: ComputeType,
     ) -> Result<NativeBackend> {
-        NativeBackend::from_model(model.clone(), threads, ct)
+        kernel_cap()?;
+        let ct = ct.resolve(model);
+        Ok(NativeBackend {
+            model: NativeModel::with_compute_type(model, ct)?, // packs without a copy of `model`
+            threads: default_threads(threads),
+        })
     }
 
     /// As [`NativeBackend::with_compute_type`], consuming `model` (lower
@@ -157,16 +257,11 @@ impl NativeBackend {
         threads: Option<usize>,
         ct: ComputeType,
     ) -> Result<NativeBackend> {
-        let threads = threads
-            .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
-            .unwrap_or(1)
-            .max(1);
+        kernel_cap()?;
+        let ct = ct.resolve(&model);
         Ok(NativeBackend {
-            model: {
-                let ct = ct.resolve(&model);
-                NativeModel::from_model(model, ct)?
-            },
-            threads,
+            model: NativeModel::from_model(model, ct)?,
+            threads: default_threads(threads),
         })
     }
 
@@ -177,6 +272,14 @@ impl NativeBackend {
     pub fn model(&self) -> &NativeModel {
         &self.model
     }
+}
+
+/// `threads`, else the number of CPUs (at least 1).
+fn default_threads(threads: Option<usize>) -> usize {
+    threads
+        .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// The real tokens of each left-padded row.
@@ -208,6 +311,19 @@ impl Session for NativeSession<'_> {
 
     fn reorder(&mut self, rows: &[usize], _sentences_changed: bool) -> Result<()> {
         self.0.reorder(rows)
+    }
+
+    fn step_top(
+        &mut self,
+        prev_tokens: ArrayView1<i64>,
+        req: &crate::decode::top::TopRequest,
+    ) -> Result<Option<crate::decode::top::TopStep>> {
+        let prev: Vec<i64> = prev_tokens.to_vec();
+        self.0.step_top(&prev, req).map(Some)
+    }
+
+    fn row_lprobs(&mut self, row: usize) -> Result<Vec<f32>> {
+        self.0.row_lprobs(row)
     }
 }
 

@@ -12,6 +12,8 @@ use crate::spec::LN_EPS;
 use crate::spec::{self, Activation, Body, Model, Positions, SublayerRef};
 use anyhow::{ensure, Result};
 use ndarray::{concatenate, Array2, Axis};
+use std::ops::Range;
+use std::sync::Arc;
 
 /// LayerNorm affine parameters.
 pub(crate) struct Norm {
@@ -136,7 +138,11 @@ pub(crate) enum Linear {
 impl Linear {
     /// Packs the rows of `ws` stacked along the output axis (fused
     /// projections), with `bias` (missing biases are zero).
-    fn new(ws: &[ndarray::ArrayView2<f32>], bias: Option<Vec<f32>>, ct: ComputeType) -> Linear {
+    pub(crate) fn new(
+        ws: &[ndarray::ArrayView2<f32>],
+        bias: Option<Vec<f32>>,
+        ct: ComputeType,
+    ) -> Linear {
         if ct == ComputeType::Float32 {
             return Linear::F32(if ws.len() == 1 {
                 Packed::new(ws[0], bias.as_deref())
@@ -168,6 +174,16 @@ impl Linear {
             Linear::F32(p) => p.forward(x, m, out),
             Linear::I8(p) => p.forward(x, m, out),
             Linear::Bf16(p) => p.forward(x, m, out),
+        }
+    }
+
+    /// Columns `cols` of [`Linear::forward`] into `out[m × cols.len()]`
+    /// (same bits); `cols` aligned to [`LOGIT_TILE`]-compatible panels.
+    pub(crate) fn forward_cols(&self, x: &[f32], m: usize, cols: Range<usize>, out: &mut [f32]) {
+        match self {
+            Linear::F32(p) => p.forward_cols(x, m, cols, out),
+            Linear::I8(p) => p.forward_cols(x, m, cols, out),
+            Linear::Bf16(p) => p.forward_cols(x, m, cols, out),
         }
     }
 
@@ -237,19 +253,21 @@ enum PosTable {
     },
 }
 
-/// Token table, scale, position table, `layernorm_embedding`.
+/// Token table (one table shared by both stacks when the model ties them),
+/// scale, position table, `layernorm_embedding`.
 pub(crate) struct Embed {
-    tokens: Array2<f32>,
+    tokens: Arc<Array2<f32>>,
     scale: f32,
     positions: Option<PosTable>,
     norm: Option<Norm>,
 }
 
 impl Embed {
-    fn of(e: spec::Embedding, max_positions: usize) -> Embed {
-        let d = e.tokens.ncols();
+    /// `e` with `tokens` as its table (`e.tokens` is not read).
+    fn of(e: spec::Embedding, tokens: Arc<Array2<f32>>, max_positions: usize) -> Embed {
+        let d = tokens.ncols();
         Embed {
-            tokens: e.tokens,
+            tokens,
             scale: e.scale,
             positions: match e.positions {
                 Positions::None => None,
@@ -335,6 +353,25 @@ pub struct NativeModel {
     pub(crate) compute_type: ComputeType,
 }
 
+/// Whether the encoder's and decoder's token tables are one tied table
+/// (equal values: a folded model unties them), held once by the engine.
+fn shares_tokens(m: &Model) -> bool {
+    let w = &m.weights;
+    m.tying.encoder_decoder && w.encoder_embed.tokens == w.decoder_embed.tokens
+}
+
+/// `e`, leaving an empty table behind (the consuming constructor moves the
+/// token tables into the engine instead of copying them).
+fn take_embedding(e: &mut spec::Embedding) -> spec::Embedding {
+    let empty = spec::Embedding {
+        tokens: Array2::zeros((0, 0)),
+        scale: e.scale,
+        positions: Positions::None,
+        layernorm: None,
+    };
+    std::mem::replace(e, empty)
+}
+
 /// Several linears fused along the output axis (missing biases are zero).
 fn fused(ls: &[&spec::Linear], ct: ComputeType) -> Linear {
     let ws: Vec<_> = ls.iter().map(|l| l.weight.view()).collect();
@@ -357,15 +394,50 @@ impl NativeModel {
     }
 
     /// As [`NativeModel::new`], with the linear maps in `ct` (a concrete
-    /// type: resolve `auto` first with [`ComputeType::resolve`]).
+    /// type: resolve `auto` first with [`ComputeType::resolve`]). Packs
+    /// from the borrowed weights: only the tables the engine keeps as they
+    /// are (token and position tables, norms) are copied, never the model.
     pub fn with_compute_type(m: &Model, ct: ComputeType) -> Result<NativeModel> {
-        NativeModel::from_model(m.clone(), ct)
+        let info = NativeModel::check(m, ct)?;
+        let w = &m.weights;
+        let shared = shares_tokens(m);
+        let dec_embed = if shared {
+            let e = &w.decoder_embed;
+            spec::Embedding {
+                tokens: Array2::zeros((0, 0)), // the encoder's is used
+                scale: e.scale,
+                positions: e.positions.clone(),
+                layernorm: e.layernorm.clone(),
+            }
+        } else {
+            w.decoder_embed.clone()
+        };
+        let embeds = (w.encoder_embed.clone(), dec_embed);
+        let layers = (w.encoder_layers.iter(), w.decoder_layers.iter());
+        NativeModel::pack(m, info, (embeds, shared), layers, ct)
     }
 
     /// As [`NativeModel::with_compute_type`], consuming `m`: each layer's
-    /// float32 weights are freed as soon as that layer is packed, so the
-    /// load peak is the model plus one packed layer, not two models.
-    pub fn from_model(m: Model, ct: ComputeType) -> Result<NativeModel> {
+    /// float32 weights are freed as soon as that layer is packed and the
+    /// token tables move into the engine, so the load peak is the model
+    /// plus one packed layer, not two models.
+    pub fn from_model(mut m: Model, ct: ComputeType) -> Result<NativeModel> {
+        let info = NativeModel::check(&m, ct)?;
+        let shared = shares_tokens(&m);
+        let w = &mut m.weights;
+        let embeds = (
+            take_embedding(&mut w.encoder_embed),
+            take_embedding(&mut w.decoder_embed),
+        );
+        let layers = (
+            std::mem::take(&mut w.encoder_layers).into_iter(),
+            std::mem::take(&mut w.decoder_layers).into_iter(),
+        );
+        NativeModel::pack(&m, info, (embeds, shared), layers, ct)
+    }
+
+    /// Refuses what the engine cannot run; the graph description of `m`.
+    fn check(m: &Model, ct: ComputeType) -> Result<GraphInfo> {
         ensure!(
             ct != ComputeType::Auto,
             "internal error: compute type auto not resolved"
@@ -374,11 +446,10 @@ impl NativeModel {
             ct != ComputeType::Bfloat16 || super::quant::bf16_kernel().is_some(),
             "--compute-type bfloat16 needs a CPU with AVX512_BF16 (this one has none)"
         );
-        crate::spec::validate(&m)?;
-        let info = GraphInfo::of(&m);
-        let (c, w) = (m.config, m.weights);
-        let enc_d = w.encoder_embed.tokens.ncols();
-        let dec_d = w.decoder_embed.tokens.ncols();
+        crate::spec::validate(m)?;
+        let c = &m.config;
+        let enc_d = m.weights.encoder_embed.tokens.ncols();
+        let dec_d = m.weights.decoder_embed.tokens.ncols();
         ensure!(
             c.encoder_attention_heads > 0 && enc_d.is_multiple_of(c.encoder_attention_heads),
             "encoder width {enc_d} is not a multiple of {} heads",
@@ -389,6 +460,33 @@ impl NativeModel {
             "decoder width {dec_d} is not a multiple of {} heads",
             c.decoder_attention_heads
         );
+        Ok(GraphInfo::of(m))
+    }
+
+    /// Packs the layers one at a time as the iterators yield them (owned
+    /// layers are freed once packed); config, final norms and the output
+    /// projection come from `m`, embeddings and layers from the arguments
+    /// (`shared`: the decoder uses the encoder's token table).
+    fn pack<E, D>(
+        m: &Model,
+        info: GraphInfo,
+        ((enc_embed, dec_embed), shared): ((spec::Embedding, spec::Embedding), bool),
+        (enc, dec): (impl Iterator<Item = E>, impl Iterator<Item = D>),
+        ct: ComputeType,
+    ) -> Result<NativeModel>
+    where
+        E: std::borrow::Borrow<spec::EncoderLayer>,
+        D: std::borrow::Borrow<spec::DecoderLayer>,
+    {
+        let (c, w) = (&m.config, &m.weights);
+        let (mut enc_embed, mut dec_embed) = (enc_embed, dec_embed);
+        let enc_tokens = Arc::new(std::mem::take(&mut enc_embed.tokens));
+        let dec_tokens = if shared {
+            dec_embed.tokens = Array2::zeros((0, 0)); // one table for both
+            enc_tokens.clone()
+        } else {
+            Arc::new(std::mem::take(&mut dec_embed.tokens))
+        };
         let packed = |l: &spec::Linear| fused(&[l], ct);
         let ffn = |s: &SublayerRef| match s.f {
             Body::FeedForward(f) => Sub::of(
@@ -421,44 +519,36 @@ impl NativeModel {
             ),
             Body::FeedForward(_) => unreachable!("the walk's attention slot holds attention"),
         };
+        // Each owned layer is consumed (its float32 weights freed) once packed.
+        let encoder_layer = |(i, l): (usize, E)| {
+            let [a, f] = l.borrow().sublayers(i);
+            EncoderLayer {
+                attn: attn(&a),
+                ffn: ffn(&f),
+            }
+        };
+        let decoder_layer = |(i, l): (usize, D)| {
+            let [a, c, f] = l.borrow().sublayers(i);
+            DecoderLayer {
+                attn: attn(&a),
+                cross: cross(&c),
+                ffn: ffn(&f),
+            }
+        };
         Ok(NativeModel {
             info,
             activation: c.activation_fn,
-            enc_d,
+            enc_d: enc_tokens.ncols(),
             enc_heads: c.encoder_attention_heads,
             enc_pre: c.encoder_normalize_before,
-            dec_d,
+            dec_d: dec_tokens.ncols(),
             dec_heads: c.decoder_attention_heads,
             dec_pre: c.decoder_normalize_before,
-            enc_embed: Embed::of(w.encoder_embed, c.max_source_positions),
-            // Each layer is consumed (its float32 weights freed) once packed.
-            enc_layers: w
-                .encoder_layers
-                .into_iter()
-                .enumerate()
-                .map(|(i, l)| {
-                    let [a, f] = l.sublayers(i);
-                    EncoderLayer {
-                        attn: attn(&a),
-                        ffn: ffn(&f),
-                    }
-                })
-                .collect(),
+            enc_embed: Embed::of(enc_embed, enc_tokens, c.max_source_positions),
+            enc_layers: enc.enumerate().map(encoder_layer).collect(),
             enc_final: w.encoder_final_norm.as_ref().map(Norm::of),
-            dec_embed: Embed::of(w.decoder_embed, c.max_target_positions),
-            dec_layers: w
-                .decoder_layers
-                .into_iter()
-                .enumerate()
-                .map(|(i, l)| {
-                    let [a, c, f] = l.sublayers(i);
-                    DecoderLayer {
-                        attn: attn(&a),
-                        cross: cross(&c),
-                        ffn: ffn(&f),
-                    }
-                })
-                .collect(),
+            dec_embed: Embed::of(dec_embed, dec_tokens, c.max_target_positions),
+            dec_layers: dec.enumerate().map(decoder_layer).collect(),
             dec_final: w.decoder_final_norm.as_ref().map(Norm::of),
             output: Linear::new(&[w.output_projection.view()], None, ct),
             compute_type: ct,
@@ -584,25 +674,57 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-/// `x ← log_softmax(x)` per row of width `n`. `fast`: the sum of
-/// exponentials with [`exp_sum`] (vectorised, ≤ 2 ulp per term) instead of
-/// libm's `expf` one value at a time; the float32 engine keeps libm (its
-/// output stays bit for bit what it was), the reduced precisions use it
-/// (their own error is ~10⁴ times larger). On a 32k vocabulary the
-/// exponentials cost as much as the int8 output projection.
-pub(crate) fn log_softmax(x: &mut [f32], n: usize, fast: bool) {
+/// Width of the column tiles of the output projection and log-softmax: a
+/// multiple of every packed panel width ([`super::gemm::NR`],
+/// [`super::quant::NQ`]).
+pub(crate) const LOGIT_TILE: usize = 1024;
+
+/// A row's log-softmax normaliser, summed tile by tile over columns
+/// `[LOGIT_TILE·t, LOGIT_TILE·(t+1))` so that the fused output projection
+/// (which never holds a whole row, [`super::engine`]) and
+/// [`log_softmax`] give the same bits: per tile its max `m_t` and
+/// `s_t = Σ exp(v − m_t)` ([`tile_stats`]); then `M = max m_t`,
+/// `S = Σ_t s_t · exp(m_t − M)` in tile order, and `log p(v) = v − M − ln S`.
+pub(crate) fn normaliser(tiles: &[(f32, f32)]) -> (f32, f32) {
+    let max = tiles.iter().fold(f32::NEG_INFINITY, |m, t| m.max(t.0));
+    let sum: f32 = tiles.iter().map(|&(m, s)| s * (m - max).exp()).sum();
+    (max, sum.ln())
+}
+
+/// One tile's `(max, Σ exp(v − max))` for [`normaliser`].
+pub(crate) fn tile_stats(tile: &[f32]) -> (f32, f32) {
+    let max = row_max(tile);
+    let sum = if max.is_finite() {
+        exp_sum(tile, max)
+    } else if max == f32::NEG_INFINITY {
+        0.0
+    } else {
+        f32::NAN // +inf: as exp(inf - inf)
+    };
+    (max, sum)
+}
+
+super::multiversion! {
+fn row_max(x: &[f32]) -> f32 {
+    x.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+}
+}
+
+/// `x ← log_softmax(x)` per row of width `n`, normalised as [`normaliser`]
+/// says. The exponentials are [`exp_sum`]'s (vectorised, ≤ 2 ulp per
+/// term): with libm's `expf` one value at a time they cost as much as the
+/// output projection on a 32k vocabulary.
+pub(crate) fn log_softmax(x: &mut [f32], n: usize) {
+    let mut tiles = Vec::with_capacity(n.div_ceil(LOGIT_TILE));
     for row in x.chunks_exact_mut(n) {
-        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f32 = if fast && max.is_finite() {
-            exp_sum(row, max)
-        } else {
-            row.iter().map(|v| (v - max).exp()).sum()
-        };
-        let lse = sum.ln();
+        tiles.clear();
+        tiles.extend(row.chunks(LOGIT_TILE).map(tile_stats));
+        let (max, lse) = normaliser(&tiles);
         row.iter_mut().for_each(|v| *v = *v - max - lse);
     }
 }
 
+super::multiversion! {
 /// `Σ exp(v − max)` over `row` (every `v − max ≤ 0`), with a branch-free
 /// exponential the compiler vectorises: `2ⁿ · p(r)`, `r = x − n·ln 2`,
 /// `p` the degree-6 Taylor polynomial (|r| ≤ ln2/2: relative error < 2⁻²³).
@@ -611,13 +733,16 @@ fn exp_sum(row: &[f32], max: f32) -> f32 {
     const LN2_LO: f32 = 1.428_606_8e-6;
     let exp = |v: f32| {
         let x = (v - max).max(-87.0);
-        let n = (x * std::f32::consts::LOG2_E).round();
-        let r = x - n * LN2_HI - n * LN2_LO;
+        // round(y) for y ≤ 0 (half away from zero) without a libm call,
+        // so that the loop vectorises: trunc(y − 0.5), exact here.
+        let n = (x * std::f32::consts::LOG2_E - 0.5) as i32;
+        let nf = n as f32;
+        let r = x - nf * LN2_HI - nf * LN2_LO;
         let p = 1.0
             + r * (1.0
                 + r * (0.5
                     + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-        p * f32::from_bits(((n as i32 + 127) as u32) << 23)
+        p * f32::from_bits(((n + 127) as u32) << 23)
     };
     let mut acc = [0.0f32; 16];
     let chunks = row.chunks_exact(16);
@@ -629,9 +754,30 @@ fn exp_sum(row: &[f32], max: f32) -> f32 {
     }
     acc.iter().sum::<f32>() + tail
 }
+}
 
 #[cfg(test)]
 mod tests {
+    /// Over several column tiles, each log-prob is within float32 error of
+    /// a float64 log-softmax.
+    #[test]
+    fn tiled_log_softmax_matches_float64() {
+        let n = 3 * super::LOGIT_TILE + 77;
+        let row: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 * 0.013 - 4.0).collect();
+        let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+        let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+        let mut got = row.clone();
+        super::log_softmax(&mut got, n);
+        for (g, &v) in got.iter().zip(&row) {
+            let want = v as f64 - lse;
+            assert!((*g as f64 - want).abs() <= 1e-5, "{g} vs {want}");
+        }
+        let mut inf = vec![f32::NEG_INFINITY; n];
+        inf[5] = 0.0;
+        super::log_softmax(&mut inf, n);
+        assert_eq!((inf[5], inf[6]), (0.0, f32::NEG_INFINITY));
+    }
+
     #[test]
     fn fast_exp_sum_is_within_a_few_ulp_of_libm() {
         let row: Vec<f32> = (0..1000)

@@ -39,7 +39,9 @@
 //! Weights are quantized straight from the model's float32 rows into their
 //! packed panels: no full-precision packed copy is ever made.
 
+use super::gemm::check_cols;
 use half::bf16;
+use std::ops::Range;
 use std::sync::OnceLock;
 
 /// Output columns of one packed panel (int8 and bf16).
@@ -47,6 +49,7 @@ pub const NQ: usize = 32;
 /// Rows of one kernel call.
 pub const MQ: usize = 6;
 
+super::multiversion! {
 /// Symmetric int8 quantization of `x` with scale `max|x| / 127`; returns
 /// the scale (1 for an all-zero row).
 pub fn quantize_row(x: &[f32], out: &mut [i8]) -> f32 {
@@ -58,9 +61,14 @@ pub fn quantize_row(x: &[f32], out: &mut [i8]) -> f32 {
     };
     let inv = 1.0 / scale;
     for (o, &v) in out.iter_mut().zip(x) {
-        *o = (v * inv).round().clamp(-127.0, 127.0) as i8;
+        // round() (half away from zero) without a libm call, so that the
+        // loop vectorises: trunc(y ± 0.5) is exact for |y| ≤ 127.
+        let y = v * inv;
+        let r = (y + 0.5f32.copysign(y)) as i32;
+        *o = r.clamp(-127, 127) as i8;
     }
     scale
+}
 }
 
 /// A weight `[n, k]` quantized to int8 with per-row scales, packed in
@@ -123,28 +131,44 @@ impl QPacked {
 
     /// `out[m × n] = x[m × k] · Wᵀ + b`, activations quantized per row.
     pub fn forward(&self, x: &[f32], m: usize, out: &mut [f32]) {
-        self.forward_with(int8_kernel(), x, m, out)
+        self.forward_with(int8_kernel(), x, m, 0..self.n, out)
     }
 
-    fn forward_with(&self, kernel: QKernel, x: &[f32], m: usize, out: &mut [f32]) {
-        let (k, n, k4) = (self.k, self.n, self.k4);
-        assert!(x.len() >= m * k && out.len() >= m * n, "gemm operand sizes");
+    /// Columns `cols` of [`QPacked::forward`] into `out[m × cols.len()]`
+    /// (same bits); `cols` aligned to [`NQ`] as in
+    /// [`super::gemm::Packed::forward_cols`].
+    pub fn forward_cols(&self, x: &[f32], m: usize, cols: Range<usize>, out: &mut [f32]) {
+        self.forward_with(int8_kernel(), x, m, cols, out)
+    }
+
+    fn forward_with(
+        &self,
+        kernel: QKernel,
+        x: &[f32],
+        m: usize,
+        cols: Range<usize>,
+        out: &mut [f32],
+    ) {
+        let (k, k4) = (self.k, self.k4);
+        check_cols(&cols, self.n, NQ);
+        let w = cols.len();
+        assert!(x.len() >= m * k && out.len() >= m * w, "gemm operand sizes");
         let mut xq = vec![0i8; m * k4];
         let mut xs = vec![0f32; m];
         for i in 0..m {
             xs[i] = quantize_row(&x[i * k..(i + 1) * k], &mut xq[i * k4..i * k4 + k]);
         }
         let mut tile = [0i32; MQ * NQ];
-        for p in 0..n.div_ceil(NQ) {
+        for p in cols.start / NQ..cols.end.div_ceil(NQ) {
             let b = &self.panels[p * k4 * NQ..][..k4 * NQ];
             let cs = &self.colsum[p * NQ..][..NQ];
-            let cols = NQ.min(n - p * NQ);
-            let sw = &self.scales[p * NQ..][..cols];
+            let width = NQ.min(cols.end - p * NQ);
+            let sw = &self.scales[p * NQ..][..width];
             for i in (0..m).step_by(MQ) {
                 let mr = MQ.min(m - i);
                 kernel(mr, k4 / 4, &xq[i * k4..], k4, b, cs, &mut tile);
                 for r in 0..mr {
-                    let o = &mut out[(i + r) * n + p * NQ..][..cols];
+                    let o = &mut out[(i + r) * w + p * NQ - cols.start..][..width];
                     let sx = xs[i + r];
                     for (c, o) in o.iter_mut().enumerate() {
                         *o = tile[r * NQ + c] as f32 * (sx * sw[c]);
@@ -164,15 +188,18 @@ impl QPacked {
 /// `r < mr`, `g < groups`; `colsum` is the panel's `Σ b` per column.
 type QKernel = fn(usize, usize, &[i8], usize, &[i8], &[i32], &mut [i32; MQ * NQ]);
 
-/// The int8 kernels this CPU runs, fastest first (the portable one last).
+/// The int8 kernels this CPU runs (under `ADMIN_CONVERT_KERNELS`'s cap),
+/// fastest first (the portable one last).
 pub fn int8_kernels() -> Vec<(&'static str, QKernel)> {
     let mut v: Vec<(&'static str, QKernel)> = vec![];
     #[cfg(target_arch = "x86_64")]
     {
-        if x86::has_vnni() {
+        use super::KernelCap;
+        let cap = super::cap();
+        if cap >= KernelCap::Native && x86::has_vnni() {
             v.push(("avx512-vnni", x86::int8_vnni));
         }
-        if std::arch::is_x86_feature_detected!("avx2") {
+        if cap >= KernelCap::Avx2 && std::arch::is_x86_feature_detected!("avx2") {
             v.push(("avx2", x86::int8_avx2));
         }
     }
@@ -264,12 +291,28 @@ impl BPacked {
     }
 
     pub fn forward(&self, x: &[f32], m: usize, out: &mut [f32]) {
-        self.forward_with(bf16_kernel().expect("bf16 kernel"), x, m, out)
+        let kernel = bf16_kernel().expect("bf16 kernel");
+        self.forward_with(kernel, x, m, 0..self.n, out)
     }
 
-    fn forward_with(&self, kernel: BKernel, x: &[f32], m: usize, out: &mut [f32]) {
-        let (k, n, k2) = (self.k, self.n, self.k2);
-        assert!(x.len() >= m * k && out.len() >= m * n, "gemm operand sizes");
+    /// Columns `cols` of [`BPacked::forward`] (same bits), as
+    /// [`QPacked::forward_cols`].
+    pub fn forward_cols(&self, x: &[f32], m: usize, cols: Range<usize>, out: &mut [f32]) {
+        self.forward_with(bf16_kernel().expect("bf16 kernel"), x, m, cols, out)
+    }
+
+    fn forward_with(
+        &self,
+        kernel: BKernel,
+        x: &[f32],
+        m: usize,
+        cols: Range<usize>,
+        out: &mut [f32],
+    ) {
+        let (k, k2) = (self.k, self.k2);
+        check_cols(&cols, self.n, NQ);
+        let w = cols.len();
+        assert!(x.len() >= m * k && out.len() >= m * w, "gemm operand sizes");
         let mut xb = vec![0u16; m * k2];
         for i in 0..m {
             for (o, &v) in xb[i * k2..i * k2 + k].iter_mut().zip(&x[i * k..]) {
@@ -277,15 +320,15 @@ impl BPacked {
             }
         }
         let mut tile = [0f32; MQ * NQ];
-        for p in 0..n.div_ceil(NQ) {
+        for p in cols.start / NQ..cols.end.div_ceil(NQ) {
             let b = &self.panels[p * k2 * NQ..][..k2 * NQ];
-            let cols = NQ.min(n - p * NQ);
+            let width = NQ.min(cols.end - p * NQ);
             for i in (0..m).step_by(MQ) {
                 let mr = MQ.min(m - i);
                 kernel(mr, k2 / 2, &xb[i * k2..], k2, b, &mut tile);
                 for r in 0..mr {
-                    let o = &mut out[(i + r) * n + p * NQ..][..cols];
-                    o.copy_from_slice(&tile[r * NQ..][..cols]);
+                    let o = &mut out[(i + r) * w + p * NQ - cols.start..][..width];
+                    o.copy_from_slice(&tile[r * NQ..][..width]);
                     if let Some(bias) = &self.bias {
                         for (o, b) in o.iter_mut().zip(&bias[p * NQ..]) {
                             *o += b;
@@ -304,7 +347,7 @@ type BKernel = fn(usize, usize, &[u16], usize, &[u16], &mut [f32; MQ * NQ]);
 pub fn bf16_kernels() -> Vec<(&'static str, BKernel)> {
     let mut v: Vec<(&'static str, BKernel)> = vec![];
     #[cfg(target_arch = "x86_64")]
-    if x86::has_bf16() {
+    if super::cap() >= super::KernelCap::Native && x86::has_bf16() {
         v.push(("avx512-bf16", x86::bf16_avx512));
     }
     v.push(("portable", bf16_portable));
@@ -376,12 +419,22 @@ mod x86 {
         check(mr, groups, a, lda, b, 4);
         assert!(colsum.len() >= NQ);
         // SAFETY: chosen only when `has_vnni()`; `check` bounds every read.
-        unsafe { vnni(mr, groups, a.as_ptr(), lda, b.as_ptr(), colsum, tile) }
+        unsafe {
+            let (a, b) = (a.as_ptr(), b.as_ptr());
+            match mr {
+                6 => vnni::<6>(groups, a, lda, b, colsum, tile),
+                5 => vnni::<5>(groups, a, lda, b, colsum, tile),
+                4 => vnni::<4>(groups, a, lda, b, colsum, tile),
+                3 => vnni::<3>(groups, a, lda, b, colsum, tile),
+                2 => vnni::<2>(groups, a, lda, b, colsum, tile),
+                _ => vnni::<1>(groups, a, lda, b, colsum, tile),
+            }
+        }
     }
 
+    /// `R` rows (a constant, so the 2·R accumulators stay in registers).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn vnni(
-        mr: usize,
+    unsafe fn vnni<const R: usize>(
         groups: usize,
         a: *const i8,
         lda: usize,
@@ -389,14 +442,14 @@ mod x86 {
         colsum: &[i32],
         tile: &mut [i32; MQ * NQ],
     ) {
-        let mut acc = [[_mm512_setzero_si512(); 2]; MQ];
-        let flip = _mm512_set1_epi32(0x8080_8080u32 as i32);
+        let mut acc = [[_mm512_setzero_si512(); 2]; R];
         for g in 0..groups {
             let w0 = _mm512_loadu_si512(b.add(g * 4 * NQ) as *const _);
             let w1 = _mm512_loadu_si512(b.add(g * 4 * NQ + 64) as *const _);
-            for (r, acc) in acc.iter_mut().enumerate().take(mr) {
+            for (r, acc) in acc.iter_mut().enumerate() {
+                // The activation bytes flipped to unsigned (xq + 128).
                 let a4 = (a.add(r * lda + g * 4) as *const i32).read_unaligned();
-                let av = _mm512_xor_si512(_mm512_set1_epi32(a4), flip);
+                let av = _mm512_set1_epi32(a4 ^ 0x8080_8080u32 as i32);
                 acc[0] = _mm512_dpbusd_epi32(acc[0], av, w0);
                 acc[1] = _mm512_dpbusd_epi32(acc[1], av, w1);
             }
@@ -406,7 +459,7 @@ mod x86 {
             _mm512_slli_epi32(cs, 7)
         };
         let (k0, k1) = (c128(0), c128(1));
-        for (r, acc) in acc.iter().enumerate().take(mr) {
+        for (r, acc) in acc.iter().enumerate() {
             let t = tile.as_mut_ptr().add(r * NQ);
             _mm512_storeu_si512(t as *mut _, _mm512_sub_epi32(acc[0], k0));
             _mm512_storeu_si512(t.add(16) as *mut _, _mm512_sub_epi32(acc[1], k1));
@@ -552,10 +605,19 @@ mod tests {
             let (w, b, x) = problem(m, k, n, &mut seed);
             let q = QPacked::new(k, w.chunks_exact(k), Some(b.clone()));
             let mut want = vec![f32::NAN; m * n];
-            q.forward_with(int8_portable, &x, m, &mut want);
+            q.forward_with(int8_portable, &x, m, 0..n, &mut want);
+            // Any panel-aligned column range gives the same bits.
+            for c0 in (0..n).step_by(NQ) {
+                let c1 = (c0 + NQ).min(n);
+                let mut part = vec![f32::NAN; m * (c1 - c0)];
+                q.forward_with(int8_portable, &x, m, c0..c1, &mut part);
+                for i in 0..m {
+                    assert_eq!(&part[i * (c1 - c0)..][..c1 - c0], &want[i * n + c0..i * n + c1]);
+                }
+            }
             for (name, kern) in &kernels {
                 let mut y = vec![f32::NAN; m * n];
-                q.forward_with(*kern, &x, m, &mut y);
+                q.forward_with(*kern, &x, m, 0..n, &mut y);
                 assert_eq!(y, want, "{name} at {m}x{k}x{n}");
             }
             // Against float32: each product is off by at most the two
@@ -607,10 +669,10 @@ mod tests {
             let (w, b, x) = problem(m, k, n, &mut seed);
             let q = BPacked::new(k, w.chunks_exact(k), Some(b.clone()));
             let mut want = vec![f32::NAN; m * n];
-            q.forward_with(bf16_portable, &x, m, &mut want);
+            q.forward_with(bf16_portable, &x, m, 0..n, &mut want);
             for (name, kern) in &kernels {
                 let mut y = vec![f32::NAN; m * n];
-                q.forward_with(*kern, &x, m, &mut y);
+                q.forward_with(*kern, &x, m, 0..n, &mut y);
                 // Same exact products; the hardware may order the pair's two
                 // additions differently (one f32 rounding each): k roundings of
                 // at most ulp(Σ|terms|) / 2.

@@ -235,6 +235,23 @@ pub trait Session {
     /// rows drop finished sentences). `sentences_changed` is true when the
     /// rows of some sentence were added or dropped, not only reordered.
     fn reorder(&mut self, rows: &[usize], sentences_changed: bool) -> Result<()>;
+
+    /// As [`Session::step`], but returns only each row's best candidates
+    /// ([`crate::decode::top`]); `None` (the default) when the session
+    /// has no such path: nothing was fed, call [`Session::step`].
+    fn step_top(
+        &mut self,
+        _prev_tokens: ArrayView1<i64>,
+        _req: &crate::decode::top::TopRequest,
+    ) -> Result<Option<crate::decode::top::TopStep>> {
+        Ok(None)
+    }
+
+    /// The full log-probs of row `row` of the last [`Session::step_top`]
+    /// (the same values it returned for its candidates).
+    fn row_lprobs(&mut self, _row: usize) -> Result<Vec<f32>> {
+        anyhow::bail!("internal error: this session has no step_top")
+    }
 }
 
 /// Graph outputs by name.
