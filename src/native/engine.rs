@@ -274,7 +274,9 @@ impl<'a> Session<'a> {
             "internal error: row {row} of the last step"
         );
         let mut out = vec![0.0; self.m.output.n()];
-        self.m.output.forward(&self.hidden[row * d..][..d], 1, &mut out);
+        self.m
+            .output
+            .forward(&self.hidden[row * d..][..d], 1, &mut out);
         log_softmax(&mut out, self.m.output.n());
         Ok(out)
     }
@@ -411,6 +413,7 @@ struct StepCtx<'s> {
 impl StepCtx<'_> {
     /// Decodes rows `r0..r0 + prev.len()`, writing their new keys / values
     /// (per layer) and log-probs.
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         r0: usize,
@@ -706,7 +709,11 @@ mod tests {
             k: 10,
             always: vec![1, 2, 3],
         };
-        let cts = [ComputeType::Float32, ComputeType::Int8, ComputeType::Bfloat16];
+        let cts = [
+            ComputeType::Float32,
+            ComputeType::Int8,
+            ComputeType::Bfloat16,
+        ];
         for ct in cts {
             if ct == ComputeType::Bfloat16 && crate::native::quant::bf16_kernel().is_none() {
                 continue;
@@ -730,7 +737,10 @@ mod tests {
                 // The best others, best first, ties by lower index.
                 let mut order: Vec<usize> = (0..vocab).filter(|v| !(1..=3).contains(v)).collect();
                 order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-                let got: Vec<usize> = tok[i * width + 3..][..10].iter().map(|&t| t as usize).collect();
+                let got: Vec<usize> = tok[i * width + 3..][..10]
+                    .iter()
+                    .map(|&t| t as usize)
+                    .collect();
                 if i > 0 {
                     assert_eq!(got, order[..10], "{ct:?} row {i}");
                 }

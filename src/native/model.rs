@@ -763,9 +763,16 @@ mod tests {
     #[test]
     fn tiled_log_softmax_matches_float64() {
         let n = 3 * super::LOGIT_TILE + 77;
-        let row: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 * 0.013 - 4.0).collect();
+        let row: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919) % 1000) as f32 * 0.013 - 4.0)
+            .collect();
         let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
-        let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+        let lse = max
+            + row
+                .iter()
+                .map(|&v| (v as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
         let mut got = row.clone();
         super::log_softmax(&mut got, n);
         for (g, &v) in got.iter().zip(&row) {

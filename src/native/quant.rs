@@ -612,7 +612,10 @@ mod tests {
                 let mut part = vec![f32::NAN; m * (c1 - c0)];
                 q.forward_with(int8_portable, &x, m, c0..c1, &mut part);
                 for i in 0..m {
-                    assert_eq!(&part[i * (c1 - c0)..][..c1 - c0], &want[i * n + c0..i * n + c1]);
+                    assert_eq!(
+                        &part[i * (c1 - c0)..][..c1 - c0],
+                        &want[i * n + c0..i * n + c1]
+                    );
                 }
             }
             for (name, kern) in &kernels {
