@@ -14,7 +14,7 @@ use crate::spec::{
     Stack, SublayerKind, SublayerRef,
 };
 use anyhow::Result;
-use ndarray::{concatenate, Array2, Axis};
+use ndarray::{concatenate, Axis};
 use std::borrow::Cow;
 use tract_onnx::pb;
 
@@ -103,7 +103,11 @@ fn linear_init(g: &mut Graph, name: &str, lins: &[&Linear]) -> (V, Option<V>) {
 }
 
 /// The values of a row-major array, borrowed when it is contiguous.
-fn values<'a, D: ndarray::Dimension>(a: &'a ndarray::Array<f32, D>) -> Cow<'a, [f32]> {
+fn values<'a, S, D>(a: &'a ndarray::ArrayBase<S, D>) -> Cow<'a, [f32]>
+where
+    S: ndarray::Data<Elem = f32>,
+    D: ndarray::Dimension,
+{
     match a.as_slice() {
         Some(s) => Cow::Borrowed(s),
         None => Cow::Owned(a.iter().copied().collect()),
@@ -379,7 +383,11 @@ fn embed(
     }
 }
 
-fn table_init(g: &mut Graph, t: &Array2<f32>, name: &str) -> V {
+fn table_init<S: ndarray::Data<Elem = f32>>(
+    g: &mut Graph,
+    t: &ndarray::ArrayBase<S, ndarray::Ix2>,
+    name: &str,
+) -> V {
     let f = g.float;
     g.weight_with(name, &[t.nrows(), t.ncols()], f, || values(t))
 }

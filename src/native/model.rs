@@ -11,9 +11,8 @@ use crate::export::GraphInfo;
 use crate::spec::LN_EPS;
 use crate::spec::{self, Activation, Body, Model, Positions, SublayerRef};
 use anyhow::{ensure, Result};
-use ndarray::{concatenate, Array2, Axis};
+use ndarray::{concatenate, ArcArray2, Array2, Axis};
 use std::ops::Range;
-use std::sync::Arc;
 
 /// LayerNorm affine parameters.
 pub(crate) struct Norm {
@@ -256,7 +255,7 @@ enum PosTable {
 /// Token table (one table shared by both stacks when the model ties them),
 /// scale, position table, `layernorm_embedding`.
 pub(crate) struct Embed {
-    tokens: Arc<Array2<f32>>,
+    tokens: ArcArray2<f32>,
     scale: f32,
     positions: Option<PosTable>,
     norm: Option<Norm>,
@@ -264,7 +263,7 @@ pub(crate) struct Embed {
 
 impl Embed {
     /// `e` with `tokens` as its table (`e.tokens` is not read).
-    fn of(e: spec::Embedding, tokens: Arc<Array2<f32>>, max_positions: usize) -> Embed {
+    fn of(e: spec::Embedding, tokens: ArcArray2<f32>, max_positions: usize) -> Embed {
         let d = tokens.ncols();
         Embed {
             tokens,
@@ -360,11 +359,16 @@ fn shares_tokens(m: &Model) -> bool {
     m.tying.encoder_decoder && w.encoder_embed.tokens == w.decoder_embed.tokens
 }
 
+/// `t`, leaving an empty table behind.
+fn take_table(t: &mut ArcArray2<f32>) -> ArcArray2<f32> {
+    std::mem::replace(t, Array2::zeros((0, 0)).into_shared())
+}
+
 /// `e`, leaving an empty table behind (the consuming constructor moves the
 /// token tables into the engine instead of copying them).
 fn take_embedding(e: &mut spec::Embedding) -> spec::Embedding {
     let empty = spec::Embedding {
-        tokens: Array2::zeros((0, 0)),
+        tokens: Array2::zeros((0, 0)).into_shared(),
         scale: e.scale,
         positions: Positions::None,
         layernorm: None,
@@ -404,7 +408,7 @@ impl NativeModel {
         let dec_embed = if shared {
             let e = &w.decoder_embed;
             spec::Embedding {
-                tokens: Array2::zeros((0, 0)), // the encoder's is used
+                tokens: Array2::zeros((0, 0)).into_shared(), // the encoder's is used
                 scale: e.scale,
                 positions: e.positions.clone(),
                 layernorm: e.layernorm.clone(),
@@ -480,12 +484,12 @@ impl NativeModel {
     {
         let (c, w) = (&m.config, &m.weights);
         let (mut enc_embed, mut dec_embed) = (enc_embed, dec_embed);
-        let enc_tokens = Arc::new(std::mem::take(&mut enc_embed.tokens));
+        let enc_tokens = take_table(&mut enc_embed.tokens);
         let dec_tokens = if shared {
-            dec_embed.tokens = Array2::zeros((0, 0)); // one table for both
+            dec_embed.tokens = Array2::zeros((0, 0)).into_shared(); // one table for both
             enc_tokens.clone()
         } else {
-            Arc::new(std::mem::take(&mut dec_embed.tokens))
+            take_table(&mut dec_embed.tokens)
         };
         let packed = |l: &spec::Linear| fused(&[l], ct);
         let ffn = |s: &SublayerRef| match s.f {

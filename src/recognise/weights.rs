@@ -9,17 +9,26 @@ use super::naming::{self, Naming};
 use super::tensors::{Shapes, Tensors, DEC_TOKENS, ENC_TOKENS};
 use super::{err, R};
 use crate::spec::*;
-use ndarray::Array2;
+use ndarray::ArcArray2;
 
 /// The embeddings, the output projection and what is tied to what.
 pub(super) struct Tables {
     pub encoder: Embedding,
     pub decoder: Embedding,
-    pub output_projection: Array2<f32>,
+    pub output_projection: ArcArray2<f32>,
     pub tying: Tying,
     /// The config's sharing flags, as recorded or told by the tensors.
     pub share_all: bool,
     pub share_dec: bool,
+}
+
+/// `table`, or `other` (the same allocation) where their values are equal.
+fn share_if_equal(table: ArcArray2<f32>, other: &ArcArray2<f32>) -> ArcArray2<f32> {
+    if table == *other {
+        other.clone()
+    } else {
+        table
+    }
 }
 
 /// Token tables, positions and `layernorm_embedding` of both stacks, and
@@ -35,15 +44,24 @@ pub(super) fn tables(
     notes: &mut Vec<String>,
 ) -> R<Tables> {
     let tied_to = |t: &Tensors, name: &str| t.ckpt.entry(name).and_then(|e| e.tied_to.clone());
-    let enc_tokens = t.mat(ENC_TOKENS, s.src_vocab, s.d_enc)?;
-    let dec_tokens = if t.has(DEC_TOKENS) {
-        t.mat(DEC_TOKENS, s.tgt_vocab, s.d_dec)?
-    } else {
+    // A table tied by storage is read once and shared (ArcArray: one
+    // allocation); one tied by value (safetensors stores a table once, or
+    // a writer copied it) is shared once found equal.
+    let enc_tokens = t.mat(ENC_TOKENS, s.src_vocab, s.d_enc)?.into_shared();
+    let dec_tokens = if !t.has(DEC_TOKENS) || tied_to(t, DEC_TOKENS).as_deref() == Some(ENC_TOKENS)
+    {
         enc_tokens.clone()
+    } else {
+        share_if_equal(
+            t.mat(DEC_TOKENS, s.tgt_vocab, s.d_dec)?.into_shared(),
+            &enc_tokens,
+        )
     };
     let output_projection = match out_name {
-        Some(n) => t.mat(n, s.tgt_vocab, s.d_dec)?,
-        None => dec_tokens.clone(),
+        Some(n) if tied_to(t, n).as_deref() != Some(DEC_TOKENS) => {
+            share_if_equal(t.mat(n, s.tgt_vocab, s.d_dec)?.into_shared(), &dec_tokens)
+        }
+        _ => dec_tokens.clone(),
     };
     let enc_dec_tied = tied_to(t, DEC_TOKENS).as_deref() == Some(ENC_TOKENS)
         || !t.has(DEC_TOKENS)

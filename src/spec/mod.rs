@@ -7,7 +7,7 @@
 //! ω and g held in [`Residual`]; `shared/spec/fold.md` gives the maths.
 //! Weights keep fairseq's `[out, in]` layout.
 
-use ndarray::{Array1, Array2};
+use ndarray::{ArcArray2, Array1, Array2};
 use serde::{Deserialize, Serialize};
 
 mod rules;
@@ -232,8 +232,9 @@ pub enum Positions {
 /// Token table, positions and optional `layernorm_embedding` of one stack.
 #[derive(Clone, Debug)]
 pub struct Embedding {
-    /// `[vocab, d]`.
-    pub tokens: Array2<f32>,
+    /// `[vocab, d]`; shared (one allocation) with the other stack's table
+    /// and the output projection when the checkpoint ties them.
+    pub tokens: ArcArray2<f32>,
     /// √d, or 1 with `no_scale_embedding`.
     pub scale: f32,
     pub positions: Positions,
@@ -251,8 +252,8 @@ pub struct Weights {
     pub decoder_layers: Vec<DecoderLayer>,
     /// Pre-LN final LayerNorm (`decoder.layer_norm`).
     pub decoder_final_norm: Option<LayerNorm>,
-    /// `[tgt_vocab, d]`, no bias.
-    pub output_projection: Array2<f32>,
+    /// `[tgt_vocab, d]`, no bias; the decoder table itself when tied.
+    pub output_projection: ArcArray2<f32>,
 }
 
 /// Which tables are one storage in the source checkpoint.

@@ -10,7 +10,7 @@
 //! and report its error.
 
 use crate::spec::*;
-use ndarray::{Array1, Array2};
+use ndarray::Array1;
 
 /// How to fold the first sublayer of each stack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -42,7 +42,7 @@ pub struct FoldSummary {
 }
 
 /// Multiply the columns (input features) of `w` [out, in] by `s` (len 1 or in).
-fn scale_columns(w: &mut Array2<f32>, s: &[f32], divide: bool) {
+fn scale_columns(w: &mut ndarray::ArrayViewMut2<f32>, s: &[f32], divide: bool) {
     for mut row in w.rows_mut() {
         for (k, x) in row.iter_mut().enumerate() {
             let f = if s.len() == 1 { s[0] } else { s[k] };
@@ -100,14 +100,14 @@ fn fold_stack<'a>(
                 Producer::Norm(ln) => {
                     scale_ln(ln, &w);
                     for r in v.readers.iter_mut() {
-                        scale_columns(&mut r.weight, &w, true);
+                        scale_columns(&mut r.weight.view_mut(), &w, true);
                     }
                 }
                 Producer::Embedding(e) => {
                     if let Some(ln) = &mut e.layernorm {
                         scale_ln(ln, &w);
                         for r in v.readers.iter_mut() {
-                            scale_columns(&mut r.weight, &w, true);
+                            scale_columns(&mut r.weight.view_mut(), &w, true);
                         }
                     } else if mode == FoldMode::Approximate && j == 0 {
                         // LN(c·x + F(x)) ≈ LN(x + F(x)/c), ε → ε/c² (fold.md §3).
@@ -117,7 +117,7 @@ fn fold_stack<'a>(
                             "approximate: first sublayer's omega folded as its mean {c:.6}"
                         ));
                     } else {
-                        scale_columns(&mut e.tokens, &w, false);
+                        scale_columns(&mut e.tokens.view_mut(), &w, false);
                         let d = e.tokens.ncols();
                         let table = match std::mem::replace(&mut e.positions, Positions::None) {
                             Positions::Learned(t) => Some(t),
@@ -132,13 +132,13 @@ fn fold_stack<'a>(
                         };
                         e.positions = match table {
                             Some(mut t) => {
-                                scale_columns(&mut t, &w, false);
+                                scale_columns(&mut t.view_mut(), &w, false);
                                 Positions::Learned(t)
                             }
                             None => Positions::None,
                         };
                         for r in v.readers.iter_mut() {
-                            scale_columns(&mut r.weight, &w, true);
+                            scale_columns(&mut r.weight.view_mut(), &w, true);
                         }
                     }
                 }

@@ -9,7 +9,7 @@ use super::torch::{Carried, Py};
 use crate::spec::*;
 use crate::tensor::{DType, RawTensor};
 use crate::transform::cast::{self, CastStats};
-use ndarray::{Array1, Array2};
+use ndarray::Array1;
 use serde_json::{json, Map, Value};
 use std::borrow::Cow;
 
@@ -35,7 +35,11 @@ impl<'a> Builder<'a> {
     fn push(&mut self, name: String, shape: Vec<usize>, data: Cow<'a, [f32]>) {
         self.out.push(Entry { name, shape, data });
     }
-    fn mat(&mut self, name: String, m: &'a Array2<f32>) {
+    fn mat<S: ndarray::Data<Elem = f32>>(
+        &mut self,
+        name: String,
+        m: &'a ndarray::ArrayBase<S, ndarray::Ix2>,
+    ) {
         let data = match m.as_slice() {
             Some(s) => Cow::Borrowed(s),
             None => Cow::Owned(m.iter().copied().collect()),

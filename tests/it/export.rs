@@ -221,13 +221,13 @@ fn make_model(v: &Variant, seed: u64) -> Model {
         r.mat(v.tgt_vocab, d, 0.3)
     };
     let encoder_embed = Embedding {
-        tokens: enc_tokens,
+        tokens: enc_tokens.into_shared(),
         scale,
         positions: positions(&mut r),
         layernorm: v.layernorm_embedding.then(|| r.ln(d)),
     };
     let decoder_embed = Embedding {
-        tokens: dec_tokens.clone(),
+        tokens: dec_tokens.clone().into_shared(),
         scale,
         positions: positions(&mut r),
         layernorm: v.layernorm_embedding.then(|| r.ln(d)),
@@ -303,7 +303,7 @@ fn make_model(v: &Variant, seed: u64) -> Model {
             decoder_embed,
             decoder_layers,
             decoder_final_norm,
-            output_projection,
+            output_projection: output_projection.into_shared(),
         },
     }
 }
@@ -1058,7 +1058,7 @@ fn bad_inputs_are_errors() {
     assert!(b.encode(long.view()).is_err());
     assert!(find_library(Some(Path::new("/nonexistent/libonnxruntime.so")), &[]).is_err());
     let mut bad = m.clone();
-    bad.weights.output_projection = Array2::zeros((5, 3));
+    bad.weights.output_projection = Array2::zeros((5, 3)).into_shared();
     assert!(export::export(&bad, Precision::Fp32, &ExportOptions::default()).is_err());
 }
 
