@@ -53,7 +53,7 @@ super::multiversion! {
 /// Symmetric int8 quantization of `x` with scale `max|x| / 127`; returns
 /// the scale (1 for an all-zero row).
 pub fn quantize_row(x: &[f32], out: &mut [i8]) -> f32 {
-    let max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let max = super::model::abs_max(x);
     let scale = if max > 0.0 && max.is_finite() {
         max / 127.0
     } else {
@@ -61,11 +61,18 @@ pub fn quantize_row(x: &[f32], out: &mut [i8]) -> f32 {
     };
     let inv = 1.0 / scale;
     for (o, &v) in out.iter_mut().zip(x) {
-        // round() (half away from zero) without a libm call, so that the
-        // loop vectorises: trunc(y ± 0.5) is exact for |y| ≤ 127.
+        // round() (half away from zero) then clamp to ±127, without a libm
+        // call or a saturating conversion, so that the loop vectorises:
+        // trunc(y ± 0.5) of the clamped value (NaN → 0 as before).
         let y = v * inv;
-        let r = (y + 0.5f32.copysign(y)) as i32;
-        *o = r.clamp(-127, 127) as i8;
+        let y = if y.is_nan() {
+            0.0
+        } else {
+            y.max(-127.0).min(127.0)
+        };
+        // SAFETY: |y + 0.5| ≤ 127.5 fits an i32.
+        let r: i32 = unsafe { (y + 0.5f32.copysign(y)).to_int_unchecked() };
+        *o = r as i8;
     }
     scale
 }
