@@ -461,23 +461,16 @@ pub fn beam_search<E: ModelEngine + ?Sized>(
             let rows = si * per..(si + 1) * per;
             let cands = match (&dense, &mut step_out) {
                 (Some(lprobs), _) => top_k(lprobs, rows, &offsets, k),
-                (None, Some(top)) => match top_k_sparse(
-                    top,
-                    rows.clone(),
-                    &offsets,
-                    k,
-                    vocab,
-                    step,
-                    max_len,
-                    opts,
-                ) {
-                    Some(c) => c,
-                    None => {
-                        let mut full = full_rows(session.as_mut(), rows, vocab)?;
-                        adjust(&mut full, step, max_len, opts);
-                        top_k(&full, 0..per, &offsets, k)
+                (None, Some(top)) => {
+                    match top_k_sparse(top, rows.clone(), &offsets, k, vocab, step, max_len, opts) {
+                        Some(c) => c,
+                        None => {
+                            let mut full = full_rows(session.as_mut(), rows, vocab)?;
+                            adjust(&mut full, step, max_len, opts);
+                            top_k(&full, 0..per, &offsets, k)
+                        }
                     }
-                },
+                }
                 (None, None) => unreachable!("one of the two step outputs"),
             };
             let is_eos = |c: &Candidate| c.flat % vocab == EOS && c.score != f32::NEG_INFINITY;

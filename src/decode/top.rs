@@ -77,7 +77,7 @@ impl RowBest {
     pub(crate) fn offer(&mut self, value: f32, index: u32) {
         if self.best.len() == self.keep {
             // Not NaN, and strictly better than the worst kept.
-            if !(value > self.best[self.keep - 1].0) {
+            if value.is_nan() || value <= self.best[self.keep - 1].0 {
                 return;
             }
             self.best.pop();

@@ -274,7 +274,9 @@ impl<'a> Session<'a> {
             "internal error: row {row} of the last step"
         );
         let mut out = vec![0.0; self.m.output.n()];
-        self.m.output.forward(&self.hidden[row * d..][..d], 1, &mut out);
+        self.m
+            .output
+            .forward(&self.hidden[row * d..][..d], 1, &mut out);
         log_softmax(&mut out, self.m.output.n());
         Ok(out)
     }
@@ -411,6 +413,7 @@ struct StepCtx<'s> {
 impl StepCtx<'_> {
     /// Decodes rows `r0..r0 + prev.len()`, writing their new keys / values
     /// (per layer) and log-probs.
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         r0: usize,
@@ -579,6 +582,31 @@ pub(crate) struct TopScratch {
     best: Vec<RowBest>,
 }
 
+super::multiversion! {
+/// Offers `row` (columns `c0..`) but the `always` tokens to `best`, in
+/// increasing index order; chunks of 16 whose maximum is at or below the
+/// best's floor are skipped without a look at each value.
+fn scan(row: &[f32], c0: usize, always: &[usize], best: &mut RowBest) -> () {
+    let mut floor = best.floor();
+    for (ci, chunk) in row.chunks(16).enumerate() {
+        let mut m = f32::NEG_INFINITY;
+        for &v in chunk {
+            m = if v > m { v } else { m };
+        }
+        if m <= floor {
+            continue;
+        }
+        for (j, &val) in chunk.iter().enumerate() {
+            let v = c0 + ci * 16 + j;
+            if val > floor && always.binary_search(&v).is_err() {
+                best.offer(val, v as u32);
+                floor = best.floor();
+            }
+        }
+    }
+}
+}
+
 /// The output projection of `x` (`[n, d]`) in column tiles of
 /// [`LOGIT_TILE`], each tile's log-softmax statistics and every row's best
 /// tokens, then per row: the `always` tokens' and the best tokens'
@@ -617,14 +645,7 @@ fn top_head(
                     s.always[i * na + a] = row[tok - c0];
                 }
             }
-            let best = &mut s.best[i];
-            let mut floor = best.floor();
-            for (v, &val) in row.iter().enumerate() {
-                if val > floor && req.always.binary_search(&(c0 + v)).is_err() {
-                    best.offer(val, (c0 + v) as u32);
-                    floor = best.floor();
-                }
-            }
+            scan(row, c0, &req.always, &mut s.best[i]);
         }
     }
     for i in 0..n {
@@ -706,7 +727,11 @@ mod tests {
             k: 10,
             always: vec![1, 2, 3],
         };
-        let cts = [ComputeType::Float32, ComputeType::Int8, ComputeType::Bfloat16];
+        let cts = [
+            ComputeType::Float32,
+            ComputeType::Int8,
+            ComputeType::Bfloat16,
+        ];
         for ct in cts {
             if ct == ComputeType::Bfloat16 && crate::native::quant::bf16_kernel().is_none() {
                 continue;
@@ -730,7 +755,10 @@ mod tests {
                 // The best others, best first, ties by lower index.
                 let mut order: Vec<usize> = (0..vocab).filter(|v| !(1..=3).contains(v)).collect();
                 order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-                let got: Vec<usize> = tok[i * width + 3..][..10].iter().map(|&t| t as usize).collect();
+                let got: Vec<usize> = tok[i * width + 3..][..10]
+                    .iter()
+                    .map(|&t| t as usize)
+                    .collect();
                 if i > 0 {
                     assert_eq!(got, order[..10], "{ct:?} row {i}");
                 }

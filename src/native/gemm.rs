@@ -360,7 +360,10 @@ mod tests {
                 let mut part = vec![f32::NAN; m * (c1 - c0)];
                 p.forward_cols(&x, m, c0..c1, &mut part);
                 for i in 0..m {
-                    assert_eq!(&part[i * (c1 - c0)..][..c1 - c0], &y[i * n + c0..i * n + c1]);
+                    assert_eq!(
+                        &part[i * (c1 - c0)..][..c1 - c0],
+                        &y[i * n + c0..i * n + c1]
+                    );
                 }
             }
             // Every kernel gives the portable kernel's bits.

@@ -732,6 +732,8 @@ fn exp_sum(row: &[f32], max: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     let exp = |v: f32| {
+        // Not clamp(): NaN must become −87 here.
+        #[allow(clippy::manual_clamp)]
         let x = (v - max).max(-87.0).min(0.0);
         // round(y) for y ≤ 0 (half away from zero) without a libm call or
         // a saturating conversion, so that the loop vectorises:
@@ -765,9 +767,16 @@ mod tests {
     #[test]
     fn tiled_log_softmax_matches_float64() {
         let n = 3 * super::LOGIT_TILE + 77;
-        let row: Vec<f32> = (0..n).map(|i| ((i * 7919) % 1000) as f32 * 0.013 - 4.0).collect();
+        let row: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919) % 1000) as f32 * 0.013 - 4.0)
+            .collect();
         let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
-        let lse = max + row.iter().map(|&v| (v as f64 - max).exp()).sum::<f64>().ln();
+        let lse = max
+            + row
+                .iter()
+                .map(|&v| (v as f64 - max).exp())
+                .sum::<f64>()
+                .ln();
         let mut got = row.clone();
         super::log_softmax(&mut got, n);
         for (g, &v) in got.iter().zip(&row) {

@@ -68,7 +68,7 @@ pub fn quantize_row(x: &[f32], out: &mut [i8]) -> f32 {
         let y = if y.is_nan() {
             0.0
         } else {
-            y.max(-127.0).min(127.0)
+            y.clamp(-127.0, 127.0)
         };
         // SAFETY: |y + 0.5| ≤ 127.5 fits an i32.
         let r: i32 = unsafe { (y + 0.5f32.copysign(y)).to_int_unchecked() };
@@ -156,39 +156,54 @@ impl QPacked {
         cols: Range<usize>,
         out: &mut [f32],
     ) {
-        let (k, k4) = (self.k, self.k4);
-        check_cols(&cols, self.n, NQ);
-        let w = cols.len();
-        assert!(x.len() >= m * k && out.len() >= m * w, "gemm operand sizes");
-        let mut xq = vec![0i8; m * k4];
-        let mut xs = vec![0f32; m];
-        for i in 0..m {
-            xs[i] = quantize_row(&x[i * k..(i + 1) * k], &mut xq[i * k4..i * k4 + k]);
-        }
-        let mut tile = [0i32; MQ * NQ];
-        for p in cols.start / NQ..cols.end.div_ceil(NQ) {
-            let b = &self.panels[p * k4 * NQ..][..k4 * NQ];
-            let cs = &self.colsum[p * NQ..][..NQ];
-            let width = NQ.min(cols.end - p * NQ);
-            let sw = &self.scales[p * NQ..][..width];
-            for i in (0..m).step_by(MQ) {
-                let mr = MQ.min(m - i);
-                kernel(mr, k4 / 4, &xq[i * k4..], k4, b, cs, &mut tile);
-                for r in 0..mr {
-                    let o = &mut out[(i + r) * w + p * NQ - cols.start..][..width];
-                    let sx = xs[i + r];
-                    for (c, o) in o.iter_mut().enumerate() {
-                        *o = tile[r * NQ + c] as f32 * (sx * sw[c]);
-                    }
-                    if let Some(bias) = &self.bias {
-                        for (o, b) in o.iter_mut().zip(&bias[p * NQ..]) {
-                            *o += b;
-                        }
+        q_forward(self, kernel, x, m, cols, out)
+    }
+}
+
+super::multiversion! {
+/// [`QPacked::forward_cols`] with `kernel`, the loops around the kernel
+/// (quantization, scales, bias) compiled for the widest vectors the CPU has.
+fn q_forward(
+    q: &QPacked,
+    kernel: QKernel,
+    x: &[f32],
+    m: usize,
+    cols: Range<usize>,
+    out: &mut [f32]
+) -> () {
+    let (k, k4) = (q.k, q.k4);
+    check_cols(&cols, q.n, NQ);
+    let w = cols.len();
+    assert!(x.len() >= m * k && out.len() >= m * w, "gemm operand sizes");
+    let mut xq = vec![0i8; m * k4];
+    let mut xs = vec![0f32; m];
+    for i in 0..m {
+        xs[i] = quantize_row(&x[i * k..(i + 1) * k], &mut xq[i * k4..i * k4 + k]);
+    }
+    let mut tile = [0i32; MQ * NQ];
+    for p in cols.start / NQ..cols.end.div_ceil(NQ) {
+        let b = &q.panels[p * k4 * NQ..][..k4 * NQ];
+        let cs = &q.colsum[p * NQ..][..NQ];
+        let width = NQ.min(cols.end - p * NQ);
+        let sw = &q.scales[p * NQ..][..width];
+        for i in (0..m).step_by(MQ) {
+            let mr = MQ.min(m - i);
+            kernel(mr, k4 / 4, &xq[i * k4..], k4, b, cs, &mut tile);
+            for r in 0..mr {
+                let o = &mut out[(i + r) * w + p * NQ - cols.start..][..width];
+                let sx = xs[i + r];
+                for (c, o) in o.iter_mut().enumerate() {
+                    *o = tile[r * NQ + c] as f32 * (sx * sw[c]);
+                }
+                if let Some(bias) = &q.bias {
+                    for (o, b) in o.iter_mut().zip(&bias[p * NQ..]) {
+                        *o += b;
                     }
                 }
             }
         }
     }
+}
 }
 
 /// `tile[r][c] = Σ_{g,t} a[r·lda + 4g + t] · b[g·4NQ + 4c + t]` for
@@ -619,7 +634,10 @@ mod tests {
                 let mut part = vec![f32::NAN; m * (c1 - c0)];
                 q.forward_with(int8_portable, &x, m, c0..c1, &mut part);
                 for i in 0..m {
-                    assert_eq!(&part[i * (c1 - c0)..][..c1 - c0], &want[i * n + c0..i * n + c1]);
+                    assert_eq!(
+                        &part[i * (c1 - c0)..][..c1 - c0],
+                        &want[i * n + c0..i * n + c1]
+                    );
                 }
             }
             for (name, kern) in &kernels {
