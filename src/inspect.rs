@@ -100,7 +100,9 @@ fn stats(sublayer: String, r: &Residual) -> Option<ScaleStats> {
     })
 }
 
-/// Build the report. Reads every tensor once to count NaN / Inf.
+/// Build the report. Reads every state-dict tensor once, one at a time, to
+/// count NaN / Inf (optimizer state is never read: `Checkpoint` lists the
+/// `model` part only).
 pub fn report(
     ckpt: &Checkpoint,
     rec: &Recognised,
@@ -126,15 +128,8 @@ pub fn report(
         parameters += e.shape.iter().product::<usize>();
         if e.dtype.is_float() {
             float_dtypes.insert(e.dtype);
-            let t = ckpt.tensor(&e.name)?;
-            let (mut nan, mut inf) = (0, 0);
-            for x in t.to_f32() {
-                if x.is_nan() {
-                    nan += 1;
-                } else if x.is_infinite() {
-                    inf += 1;
-                }
-            }
+            // One tensor at a time, counted in place (pages released as read).
+            let (nan, inf) = ckpt.tensor(&e.name)?.count_non_finite();
             if nan + inf > 0 {
                 non_finite.push(NonFinite {
                     tensor: e.name.clone(),

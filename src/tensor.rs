@@ -4,6 +4,11 @@
 //! Everything downstream converts to `f32` through [`RawTensor::to_f32`];
 //! the original dtype is kept so `inspect`, `cast` and `average` can reason
 //! about it.
+//!
+//! Bounded memory: a mapped tensor's pages count in the resident set once
+//! touched. Dropping [`Bytes`] of a mapping releases the whole pages of its
+//! range (`MADV_DONTNEED`), so a command that converts tensors one at a
+//! time holds what it converted, not the file it read.
 
 use half::{bf16, f16};
 use memmap2::Mmap;
@@ -101,6 +106,8 @@ impl fmt::Display for DType {
 #[derive(Clone)]
 pub enum Bytes {
     Owned(Arc<Vec<u8>>),
+    /// A range of a read-only map of a **file** (never an anonymous map:
+    /// dropping releases the range's pages, see [`release_range`]).
     Mapped {
         map: Arc<Mmap>,
         start: usize,
@@ -114,6 +121,56 @@ impl Bytes {
             Bytes::Owned(v) => v,
             Bytes::Mapped { map, start, len } => &map[*start..*start + *len],
         }
+    }
+
+    /// Take a mapped range's pages out of the resident set now (owned
+    /// bytes: nothing). The bytes stay readable: touching them again
+    /// re-reads them from the file.
+    pub fn release(&self) {
+        if let Bytes::Mapped { map, start, len } = self {
+            release_range(map, *start, *len);
+        }
+    }
+}
+
+impl Drop for Bytes {
+    /// A dropped tensor's mapped pages leave the resident set: reading a
+    /// checkpoint tensor by tensor holds one tensor's pages at a time.
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+fn page_size() -> usize {
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    // SAFETY: sysconf has no preconditions.
+    *PAGE.get_or_init(|| match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as usize,
+        _ => 4096,
+    })
+}
+
+/// `MADV_DONTNEED` on the whole pages inside `map[start..start + len]`
+/// (partial pages at either end stay), errors ignored: it only lowers the
+/// resident set. `map` must map a file read-only, as every [`Bytes::Mapped`]
+/// does: the kernel then re-reads released pages from the file when touched
+/// again, so anything still borrowing the range sees the same bytes.
+pub fn release_range(map: &Mmap, start: usize, len: usize) {
+    let Some(end) = start.checked_add(len).filter(|&e| e <= map.len()) else {
+        return;
+    };
+    let (page, base) = (page_size(), map.as_ptr() as usize);
+    let first = (base + start).next_multiple_of(page) - base;
+    let last = ((base + end) / page * page).saturating_sub(base);
+    if last <= first {
+        return;
+    }
+    #[cfg(unix)]
+    // SAFETY: a read-only file mapping: DONTNEED drops the pages from this
+    // process and later reads fault them back in from the (unchanged) file,
+    // so no borrow of the map ever observes different contents.
+    unsafe {
+        let _ = map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, first, last - first);
     }
 }
 
@@ -193,6 +250,41 @@ impl RawTensor {
             DType::F64 => self.to_f64().into_iter().map(|x| x as f32).collect(),
             _ => self.to_f64().into_iter().map(|x| x as f32).collect(),
         }
+    }
+
+    /// (NaN, ±Inf) counts of a float tensor (zeros for integers), read in
+    /// place without a converted copy; a mapped tensor's pages are released
+    /// as the count passes them, so a tensor of any size costs a few MB.
+    pub fn count_non_finite(&self) -> (usize, usize) {
+        const CHUNK: usize = 8 << 20;
+        let (mut nan, mut inf) = (0, 0);
+        let mut tally = |x: f32| {
+            nan += x.is_nan() as usize;
+            inf += x.is_infinite() as usize;
+        };
+        let b = self.bytes.as_slice();
+        for (i, c) in b.chunks(CHUNK).enumerate() {
+            match self.dtype {
+                DType::F32 => c
+                    .chunks_exact(4)
+                    .for_each(|c| tally(f32::from_le_bytes([c[0], c[1], c[2], c[3]]))),
+                DType::F16 => c
+                    .chunks_exact(2)
+                    .for_each(|c| tally(f16::from_le_bytes([c[0], c[1]]).to_f32())),
+                DType::BF16 => c
+                    .chunks_exact(2)
+                    .for_each(|c| tally(bf16::from_le_bytes([c[0], c[1]]).to_f32())),
+                // As `to_f32` reads it (an f64 beyond f32's range counts as Inf).
+                DType::F64 => c.chunks_exact(8).for_each(|c| {
+                    tally(f64::from_le_bytes(c.try_into().expect("chunk of 8")) as f32)
+                }),
+                _ => return (0, 0),
+            }
+            if let Bytes::Mapped { map, start, .. } = &self.bytes {
+                release_range(map, start + i * CHUNK, c.len());
+            }
+        }
+        (nan, inf)
     }
 
     /// Values as `f64` (exact for every dtype but i64 beyond 2^53).

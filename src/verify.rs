@@ -5,7 +5,7 @@
 //! themselves (`shared/spec/fold.md` §4).
 
 use crate::export::{self, ExportOptions, Precision};
-use crate::native::NativeBackend;
+use crate::native::{ComputeType, NativeBackend};
 use crate::runtime::tract::TractBackend;
 use crate::runtime::{GraphSource, ModelEngine};
 use crate::spec::{Model, EOS, PAD};
@@ -91,8 +91,9 @@ pub fn lprobs(backend: &mut dyn ModelEngine, probe: &Probe) -> Result<Array3<f32
     backend.forced(probe.src_tokens().view(), probe.prev_output_tokens().view())
 }
 
-/// Sentence pairs per batch of the check.
-const CHUNK: usize = 32;
+/// Sentence pairs per batch of the check: small, since a batch's `[n, T, vocab]`
+/// log-probs are held beside the kept ones (128 KB per target position at a 32k vocabulary).
+const CHUNK: usize = 8;
 
 /// The log-probs of every real target position of `probe` on `model`, run
 /// on the native engine, one `[len · vocab]` vector per sentence.
@@ -122,8 +123,31 @@ fn real_lprobs(model: &Model, probe: &Probe, threads: Option<usize>) -> Result<V
 /// other: the first model's engine is freed before the second is built, so
 /// only one engine and the first model's log-probs are held at a time.
 pub fn max_lprob_diff(a: &Model, b: &Model, probe: &Probe) -> Result<f32> {
-    let kept = real_lprobs(a, probe, None)?;
-    let mut engine = NativeBackend::new(b, None)?;
+    let kept = reference_lprobs(a, probe)?;
+    max_diff_against(kept, b, probe)
+}
+
+/// The first half of [`max_lprob_diff`]: `model`'s log-probs over the real
+/// target positions of `probe` (its engine is freed on return), so that a
+/// caller can drop `model` before building the one it compares it with.
+pub fn reference_lprobs(model: &Model, probe: &Probe) -> Result<Vec<Vec<f32>>> {
+    real_lprobs(model, probe, None)
+}
+
+/// The second half of [`max_lprob_diff`]: max |Δ log-prob| of `model`
+/// against `kept` ([`reference_lprobs`] of the same `probe`).
+pub fn max_diff_against(kept: Vec<Vec<f32>>, model: &Model, probe: &Probe) -> Result<f32> {
+    diff_on(NativeBackend::new(model, None)?, kept, probe)
+}
+
+/// As [`max_diff_against`], consuming `model`: its float32 layers are freed
+/// as they are packed, so the check holds one copy of the weights.
+pub fn max_diff_against_owned(kept: Vec<Vec<f32>>, model: Model, probe: &Probe) -> Result<f32> {
+    let engine = NativeBackend::from_model(model, None, ComputeType::Float32)?;
+    diff_on(engine, kept, probe)
+}
+
+fn diff_on(mut engine: NativeBackend, kept: Vec<Vec<f32>>, probe: &Probe) -> Result<f32> {
     let mut max = 0f32;
     let mut sentence = 0;
     for (s, t) in probe.sources.chunks(CHUNK).zip(probe.targets.chunks(CHUNK)) {

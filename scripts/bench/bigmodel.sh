@@ -117,12 +117,12 @@ row command "wall(s)" "RSS(MB)" "out(MB)" note
 # ONLY="fold eval" runs a subset (names: inspect fold export average eval).
 only=${ONLY:-"inspect fold export average eval"}
 measure() {
-  local name=$1 out=$2
+  local name=$1 dst=$2 # dst: what the command writes (its size is reported)
   shift 2
   [[ " $only " == *" ${name%% *} "* ]] || return 0
   if /usr/bin/time -f '%e %M' -o "$out/time" "$@" >"$out/log" 2>&1; then
     read -r wall rss <"$out/time"
-    size=$(du -sm "$out" 2>/dev/null | cut -f1 || echo -)
+    size=$(du -sm "$dst" 2>/dev/null | cut -f1 || echo -)
     row "$name" "$wall" $((rss / 1024)) "${size:--}" ""
   else
     row "$name" - - - "failed: $(tail -1 "$out/log")"

@@ -68,9 +68,6 @@ pub struct ExportArgs {
     /// Target language (fairseq's -t).
     #[arg(long, short = 't')]
     target_lang: Option<String>,
-    /// Store weights as ONNX external data (automatic above 2 GB).
-    #[arg(long)]
-    external_data: bool,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -116,14 +113,13 @@ fn run_onnx(a: ExportArgs) -> Result<ExitCode> {
         println!("{}", super::fold_check_line(&check));
         folded
     } else {
-        rec.model.clone()
+        rec.model
     };
     let opts = ExportOptions {
         fp16: a.fp16,
         dictionaries: dicts
             .as_ref()
             .map(|d| (d.src_text.clone(), d.tgt_text.clone())),
-        external_data: a.external_data,
     };
     let written = output::publish_dir(&out, |tmp| {
         let graphs = export::write_dir(&model, &opts, tmp)

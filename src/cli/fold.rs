@@ -53,6 +53,13 @@ pub struct FoldArgs {
     model: ModelArgs,
 }
 
+/// The output, written before the folded model's check and put in place
+/// only when it passes.
+enum Pending {
+    Pt(write::Pending),
+    Safetensors(write::safetensors::PendingSafetensors),
+}
+
 /// The output path (default beside the input), checked against the policy
 /// of [`output`]: never an input, only regular files; `.safetensors` or a
 /// fairseq `.pt` by extension.
@@ -84,8 +91,7 @@ pub fn run(a: FoldArgs) -> Result<ExitCode> {
     } else {
         FoldMode::Exact
     };
-    let original = &rec.model;
-    let (folded, summary) = fold_with_summary(original, mode);
+    let original = rec.model;
     let c = &original.config;
     let probe = if a.input.given() {
         let Some(d) = &dicts else {
@@ -99,12 +105,19 @@ pub fn run(a: FoldArgs) -> Result<ExitCode> {
     } else {
         Probe::random(a.probe_sentences.max(1), c.src_vocab, c.tgt_vocab, 24, 1)
     };
-    let diff = verify::max_lprob_diff(original, &folded, &probe)
-        .context("running the original and folded models")?;
-    let passed = diff <= a.tolerance;
+    // Bounded memory: at most two of {original, folded, one engine} at a
+    // time. The original runs first (its engine freed), is folded and freed;
+    // the folded model is written (to a temp file, streaming) and then
+    // consumed by its engine; the output is renamed into place only when
+    // its check passes.
+    let kept = verify::reference_lprobs(&original, &probe).context("running the original model")?;
+    let (folded, summary) = fold_with_summary(&original, mode);
+    let family = original.family.name();
+    drop(original);
 
-    let sd = write::fairseq::state_dict(&folded, dtype);
-    let damaged = sd.stats.overflow + sd.stats.flushed_to_zero;
+    let entries = write::fairseq::entries(&folded);
+    let stats = write::fairseq::cast_stats(&entries, dtype);
+    let damaged = stats.overflow + stats.flushed_to_zero;
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     meta.insert(
@@ -136,33 +149,59 @@ pub fn run(a: FoldArgs) -> Result<ExitCode> {
         .collect::<std::collections::BTreeSet<_>>()
         .len()
         > 1;
-    let report = serde_json::json!({
-        "input": a.checkpoint.display().to_string(),
-        "output": out.display().to_string(),
-        "fold": summary,
-        "mode": if a.approx { "approximate" } else { "exact" },
-        "dtype": dtype.name(),
-        "input_dtypes": input_dtypes,
-        "input_mixed_float_dtypes": mixed,
-        "probe_sentences": probe.sources.len(),
-        "probe": if a.input.given() { "test data" } else { "random tokens" },
-        "max_abs_diff": diff,
-        "tolerance": a.tolerance,
-        "passed": passed,
-        "cast": sd.stats,
-        "dictionaries": dicts.is_some(),
-        "written": (passed && damaged == 0) || a.force,
-    });
-    meta.insert("admin_convert.fold".to_string(), report.to_string());
-    let write_it = (passed && damaged == 0) || a.force;
-    if write_it {
-        match output::format_of(&out)? {
+    let report = |diff: f32, passed: bool| {
+        serde_json::json!({
+            "input": a.checkpoint.display().to_string(),
+            "output": out.display().to_string(),
+            "fold": summary,
+            "mode": if a.approx { "approximate" } else { "exact" },
+            "dtype": dtype.name(),
+            "input_dtypes": input_dtypes,
+            "input_mixed_float_dtypes": mixed,
+            "probe_sentences": probe.sources.len(),
+            "probe": if a.input.given() { "test data" } else { "random tokens" },
+            "max_abs_diff": diff,
+            "tolerance": a.tolerance,
+            "passed": passed,
+            "cast": stats,
+            "dictionaries": dicts.is_some(),
+            "written": (passed && damaged == 0) || a.force,
+        })
+    };
+    let with_report = |r: &serde_json::Value| {
+        let mut m = meta.clone();
+        m.insert("admin_convert.fold".to_string(), r.to_string());
+        m
+    };
+    let pending = if damaged == 0 || a.force {
+        Some(match output::format_of(&out)? {
             // A stock fairseq 0.12 checkpoint (tied tables kept tied).
-            FileFormat::FairseqPt => {
-                write::torch::write(&out, &write::fairseq::checkpoint(&folded, dtype).0)?
-            }
-            FileFormat::Safetensors => write::safetensors::write(&out, &sd.tensors, &meta)?,
-        }
+            FileFormat::FairseqPt => Pending::Pt(write::torch::write_pending(
+                &out,
+                &write::fairseq::checkpoint(&folded, dtype).0,
+            )?),
+            // Streamed from the folded model: no converted copy in memory;
+            // the check's result goes into the header at commit.
+            FileFormat::Safetensors => Pending::Safetensors(write::safetensors::write_entries(
+                &out,
+                &entries,
+                dtype,
+                &with_report(&report(f32::MAX, false)),
+            )?),
+        })
+    } else {
+        None
+    };
+    drop(entries);
+    let diff =
+        verify::max_diff_against_owned(kept, folded, &probe).context("running the folded model")?;
+    let passed = diff <= a.tolerance;
+    let report = report(diff, passed);
+    let write_it = (passed && damaged == 0) || a.force;
+    match pending {
+        Some(Pending::Pt(p)) if write_it => p.commit()?,
+        Some(Pending::Safetensors(p)) if write_it => p.commit(&with_report(&report))?,
+        _ => {} // dropped: the temp file is deleted
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -171,7 +210,7 @@ pub fn run(a: FoldArgs) -> Result<ExitCode> {
             println!(
                 "{}: already a standard {} model: nothing to fold (written unchanged in fairseq 0.12 naming)",
                 a.checkpoint.display(),
-                original.family.name()
+                family
             );
         } else {
             println!(
@@ -220,8 +259,8 @@ pub fn run(a: FoldArgs) -> Result<ExitCode> {
             println!(
                 "cast to {}: {} values overflow, {} flush to zero{}",
                 dtype.name(),
-                sd.stats.overflow,
-                sd.stats.flushed_to_zero,
+                stats.overflow,
+                stats.flushed_to_zero,
                 if a.force {
                     " (written anyway: --force)"
                 } else {

@@ -8,13 +8,14 @@
 //! are listed in [`super`].
 
 use super::graph::{Graph, V};
-use super::onnx::{Dim, Elem};
+use super::onnx::{Dim, Elem, WeightStore};
 use crate::spec::{
     self, Activation, Body, Embedding, FeedForward, LayerNorm, Linear, Model, Positions, Residual,
     Stack, SublayerKind, SublayerRef,
 };
 use anyhow::Result;
 use ndarray::{concatenate, Array2, Axis};
+use std::borrow::Cow;
 use tract_onnx::pb;
 
 /// Re-exported from [`crate::spec`], which owns the model's rules.
@@ -76,25 +77,37 @@ impl GraphInfo {
 
 /// `[out, in]` weights stored transposed (`[in, out]`) so `x · W` is a plain MatMul.
 fn linear_init(g: &mut Graph, name: &str, lins: &[&Linear]) -> (V, Option<V>) {
-    let ts: Vec<_> = lins.iter().map(|l| l.weight.t()).collect();
-    let w = concatenate(Axis(1), &ts).expect("validated shapes");
-    let (i, o) = w.dim();
-    let w = w.as_standard_layout();
-    let data = w.as_slice().expect("standard layout");
-    let wn = g.weight(&format!("{name}.weight_t"), &[i, o], data);
-    let bn = if lins.iter().any(|l| l.bias.is_some()) {
-        let b: Vec<f32> = lins
-            .iter()
-            .flat_map(|l| match &l.bias {
+    let i = lins[0].weight.ncols();
+    let o: usize = lins.iter().map(|l| l.weight.nrows()).sum();
+    let f = g.float;
+    let wn = g.weight_with(&format!("{name}.weight_t"), &[i, o], f, || {
+        let ts: Vec<_> = lins.iter().map(|l| l.weight.t()).collect();
+        let w = concatenate(Axis(1), &ts).expect("validated shapes");
+        Cow::Owned(
+            w.as_standard_layout()
+                .into_owned()
+                .into_raw_vec_and_offset()
+                .0,
+        )
+    });
+    let bn = lins.iter().any(|l| l.bias.is_some()).then(|| {
+        g.weight_with(&format!("{name}.bias"), &[o], f, || {
+            let b = lins.iter().flat_map(|l| match &l.bias {
                 Some(b) => b.to_vec(),
                 None => vec![0.0; l.weight.nrows()],
-            })
-            .collect();
-        Some(g.weight(&format!("{name}.bias"), &[o], &b))
-    } else {
-        None
-    };
+            });
+            Cow::Owned(b.collect())
+        })
+    });
     (wn, bn)
+}
+
+/// The values of a row-major array, borrowed when it is contiguous.
+fn values<'a, D: ndarray::Dimension>(a: &'a ndarray::Array<f32, D>) -> Cow<'a, [f32]> {
+    match a.as_slice() {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(a.iter().copied().collect()),
+    }
 }
 
 /// `x Wᵀ + b` for one or several linears fused along the output axis.
@@ -109,13 +122,12 @@ fn linear(g: &mut Graph, x: &str, name: &str, lins: &[&Linear]) -> V {
 
 fn layer_norm(g: &mut Graph, x: &str, ln: &LayerNorm, name: &str) -> V {
     let d = ln.gamma.len();
-    let gamma = g.weight_as(
-        &format!("{name}.weight"),
-        &[d],
-        &ln.gamma.to_vec(),
-        Elem::F32,
-    );
-    let beta = g.weight_as(&format!("{name}.bias"), &[d], &ln.beta.to_vec(), Elem::F32);
+    let gamma = g.weight_with(&format!("{name}.weight"), &[d], Elem::F32, || {
+        values(&ln.gamma)
+    });
+    let beta = g.weight_with(&format!("{name}.bias"), &[d], Elem::F32, || {
+        values(&ln.beta)
+    });
     let f = g.float;
     g.layer_norm_f32(x, f, &gamma, &beta, LN_EPS)
 }
@@ -324,21 +336,18 @@ fn make_positions(g: &mut Graph, pad_mask: &str) -> V {
 /// Position table to gather from: sinusoidal rows for `max_positions`, or the learned table.
 fn position_table(g: &mut Graph, e: &Embedding, max_positions: usize, name: &str) -> Option<V> {
     let d = e.tokens.ncols();
-    let table: Array2<f32> = match &e.positions {
-        Positions::None => return None,
-        Positions::Sinusoidal => spec::sinusoidal_table(
-            spec::position_rows(max_positions.min(GRAPH_SINUSOIDAL_POSITIONS)),
-            d,
-        ),
-        Positions::Learned(t) => t.clone(),
-    };
-    let table = table.as_standard_layout();
-    let data = table.as_slice().expect("standard layout");
-    Some(g.weight(
-        &format!("{name}.embed_positions.weight"),
-        &[table.nrows(), d],
-        data,
-    ))
+    let name = format!("{name}.embed_positions.weight");
+    match &e.positions {
+        Positions::None => None,
+        Positions::Sinusoidal => {
+            let rows = spec::position_rows(max_positions.min(GRAPH_SINUSOIDAL_POSITIONS));
+            let f = g.float;
+            Some(g.weight_with(&name, &[rows, d], f, || {
+                Cow::Owned(spec::sinusoidal_table(rows, d).into_raw_vec_and_offset().0)
+            }))
+        }
+        Positions::Learned(t) => Some(table_init(g, t, &name)),
+    }
 }
 
 /// `s·E[tokens] + P[positions]`, then `layernorm_embedding`.
@@ -370,29 +379,54 @@ fn embed(
     }
 }
 
-fn matrix_init(g: &mut Graph, t: ndarray::ArrayView2<f32>, name: &str) -> V {
-    let t = t.as_standard_layout();
-    let data = t.as_slice().expect("standard layout");
-    g.weight(name, &[t.nrows(), t.ncols()], data)
-}
-
 fn table_init(g: &mut Graph, t: &Array2<f32>, name: &str) -> V {
-    matrix_init(g, t.view(), name)
+    let f = g.float;
+    g.weight_with(name, &[t.nrows(), t.ncols()], f, || values(t))
 }
 
-/// The decoder token table and the output projection `[d, vocab]`. A tied
-/// table is stored twice, the second time transposed for the projection:
-/// both runtimes pre-pack a constant MatMul operand at load time, which
-/// tract does not do for a transposed view of a table that Gather also
-/// reads (measured: 10x slower decoding steps).
+/// Initializer names of the token tables and the output projection: a
+/// table equal to the one before it (shared embeddings, a tied output
+/// projection) takes its name, so a data file stores it once.
+struct TableNames {
+    encoder: &'static str,
+    decoder: &'static str,
+    projection: &'static str,
+}
+
+impl TableNames {
+    fn of(m: &Model) -> TableNames {
+        let w = &m.weights;
+        let encoder = "encoder.embed_tokens.weight";
+        let decoder = if w.decoder_embed.tokens == w.encoder_embed.tokens {
+            encoder
+        } else {
+            "decoder.embed_tokens.weight"
+        };
+        let projection = if w.output_projection == w.decoder_embed.tokens {
+            decoder
+        } else {
+            "decoder.output_projection.weight"
+        };
+        TableNames {
+            encoder,
+            decoder,
+            projection,
+        }
+    }
+}
+
+/// The decoder token table and the output projection, both `[vocab, d]`
+/// (the projection is applied by a Gemm with `transB = 1`, so a tied
+/// table is one initializer).
 fn decoder_tables(g: &mut Graph, m: &Model) -> (V, V) {
     let w = &m.weights;
-    let table = table_init(g, &w.decoder_embed.tokens, "decoder.embed_tokens.weight");
-    let proj = matrix_init(
-        g,
-        w.output_projection.t(),
-        "decoder.output_projection.weight_t",
-    );
+    let names = TableNames::of(m);
+    let table = table_init(g, &w.decoder_embed.tokens, names.decoder);
+    let proj = if names.projection == names.decoder {
+        table.clone()
+    } else {
+        table_init(g, &w.output_projection, names.projection)
+    };
     (table, proj)
 }
 
@@ -406,9 +440,9 @@ fn float_elem(fp16: bool) -> Elem {
 
 // ---- encoder ------------------------------------------------------------
 
-pub fn encoder(m: &Model, fp16: bool) -> Result<pb::GraphProto> {
+pub fn encoder(m: &Model, fp16: bool, store: &mut WeightStore) -> Result<pb::GraphProto> {
     let f = float_elem(fp16);
-    let mut g = Graph::new("encoder", f);
+    let mut g = Graph::new("encoder", f, store);
     let w = &m.weights;
     let c = &m.config;
     let d = w.encoder_embed.tokens.ncols();
@@ -421,11 +455,7 @@ pub fn encoder(m: &Model, fp16: bool) -> Result<pb::GraphProto> {
     let tokens = g.input("src_tokens", Elem::I64, &[B, S]);
     let pad_id = g.int_scalar(spec::PAD as i64);
     let pad = g.op("Equal", &[&tokens, &pad_id], vec![]);
-    let table = table_init(
-        &mut g,
-        &w.encoder_embed.tokens,
-        "encoder.embed_tokens.weight",
-    );
+    let table = table_init(&mut g, &w.encoder_embed.tokens, TableNames::of(m).encoder);
     let ptable = position_table(&mut g, &w.encoder_embed, c.max_source_positions, "encoder");
     let pos = ptable.as_ref().map(|_| make_positions(&mut g, &pad));
     let x = embed(
@@ -563,7 +593,12 @@ fn decoder_body(
     if let Some(ln) = &w.decoder_final_norm {
         x = layer_norm(g, &x, ln, "decoder.layer_norm");
     }
-    let logits = g.matmul(&x, proj);
+    // x · Pᵀ: onnxruntime pre-packs Gemm's constant B, transposed or not.
+    let logits = g.op(
+        "Gemm",
+        &[&x, proj],
+        vec![super::onnx::attr_int("transB", 1)],
+    );
     let logits = g.cast_if(&logits, f, Elem::F32);
     let lprobs = g.op(
         "LogSoftmax",
@@ -574,9 +609,9 @@ fn decoder_body(
 }
 
 /// One incremental decoding step.
-pub fn decoder_step(m: &Model, fp16: bool) -> Result<pb::GraphProto> {
+pub fn decoder_step(m: &Model, fp16: bool, store: &mut WeightStore) -> Result<pb::GraphProto> {
     let f = float_elem(fp16);
-    let mut g = Graph::new("decoder", f);
+    let mut g = Graph::new("decoder", f, store);
     let w = &m.weights;
     let c = &m.config;
     let d = w.decoder_embed.tokens.ncols();
@@ -632,9 +667,9 @@ pub fn decoder_step(m: &Model, fp16: bool) -> Result<pb::GraphProto> {
 }
 
 /// Teacher forcing over a whole right-padded target prefix.
-pub fn decoder_full(m: &Model, fp16: bool) -> Result<pb::GraphProto> {
+pub fn decoder_full(m: &Model, fp16: bool, store: &mut WeightStore) -> Result<pb::GraphProto> {
     let f = float_elem(fp16);
-    let mut g = Graph::new("decoder_full", f);
+    let mut g = Graph::new("decoder_full", f, store);
     let w = &m.weights;
     let c = &m.config;
     let vocab = w.output_projection.nrows();

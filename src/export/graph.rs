@@ -4,16 +4,20 @@
 //!
 //! The builder has a compute float type (`float32` or `float16`): weights
 //! added with [`Graph::weight`] are stored in it; LayerNorm and softmax
-//! helpers compute in float32 whatever it is.
+//! helpers compute in float32 whatever it is. Weights go to a
+//! [`WeightStore`] (inline, or a data file the graphs share); the small
+//! constants of the graph structure are always inline.
 
-use super::onnx::{self, attr_float, attr_int, attr_ints, Dim, Elem};
+use super::onnx::{self, attr_float, attr_int, attr_ints, Dim, Elem, WeightStore};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use tract_onnx::pb;
 
 pub type V = String;
 
-pub struct Graph {
+pub struct Graph<'s> {
     name: String,
+    store: &'s mut WeightStore,
     nodes: Vec<pb::NodeProto>,
     initializers: Vec<pb::TensorProto>,
     inputs: Vec<pb::ValueInfoProto>,
@@ -25,10 +29,11 @@ pub struct Graph {
     pub float: Elem,
 }
 
-impl Graph {
-    pub fn new(name: &str, float: Elem) -> Graph {
+impl<'s> Graph<'s> {
+    pub fn new(name: &str, float: Elem, store: &'s mut WeightStore) -> Graph<'s> {
         Graph {
             name: name.into(),
+            store,
             nodes: vec![],
             initializers: vec![],
             inputs: vec![],
@@ -78,14 +83,25 @@ impl Graph {
     /// A float initializer in the compute type.
     pub fn weight(&mut self, name: &str, dims: &[usize], data: &[f32]) -> V {
         let elem = self.float;
-        self.weight_as(name, dims, data, elem)
+        self.weight_with(name, dims, elem, || Cow::Borrowed(data))
     }
 
     /// A float initializer in an explicit type.
     pub fn weight_as(&mut self, name: &str, dims: &[usize], data: &[f32], elem: Elem) -> V {
-        debug_assert_eq!(dims.iter().product::<usize>(), data.len());
-        self.initializers
-            .push(onnx::tensor_f32(name, dims, data, elem));
+        self.weight_with(name, dims, elem, || Cow::Borrowed(data))
+    }
+
+    /// A float initializer whose row-major values `data` computes, called
+    /// only when the store does not hold `name` yet.
+    pub fn weight_with<'d>(
+        &mut self,
+        name: &str,
+        dims: &[usize],
+        elem: Elem,
+        data: impl FnOnce() -> Cow<'d, [f32]>,
+    ) -> V {
+        let t = self.store.tensor(name, dims, elem, data);
+        self.initializers.push(t);
         name.to_string()
     }
 

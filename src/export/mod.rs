@@ -26,11 +26,24 @@
 //!
 //! Inside, the residual stream is 2-D (`[batch·len, d]`) so every linear map
 //! is one GEMM; weights are stored `[in, out]` (q|k|v and the cross k|v
-//! fused); the output projection is stored transposed even when tied to the
-//! decoder table (a second copy: both runtimes then pre-pack it). fp16
-//! graphs keep LayerNorm, softmax, GELU and log-softmax in float32.
-//! Initializers of graphs over 1 GiB go to `<file>.onnx.data` (ONNX external
-//! data).
+//! fused). The output projection is a `Gemm` with `transB = 1` over the
+//! `[vocab, d]` table, so a tied projection reads the decoder token table
+//! itself (onnxruntime pre-packs Gemm's constant B either way; tract gets
+//! its own transposed copy at load, see `runtime/tract.rs`). fp16 graphs
+//! keep LayerNorm, softmax, GELU and log-softmax in float32.
+//!
+//! Weights: [`write_dir`] streams every initializer once, tensor by tensor
+//! from the model's arrays (fp16 converted a chunk at a time), into one
+//! ONNX external-data file per precision, `weights.onnx.data` /
+//! `weights_fp16.onnx.data`, that the three graphs refer to by
+//! `location`, `offset`, `length` (4 KiB-aligned for tensors of a page or
+//! more); equal token tables (shared embeddings) are one initializer. The
+//! `.onnx` files hold only the graph structure and its small constants
+//! (tens of kB). Small models use the same layout: one code path. Graphs
+//! built in memory by [`export`] (for `eval` on a checkpoint, the fold
+//! self-check) carry their weights inline instead, each graph its own copy;
+//! onnxruntime spills graphs over the protobuf limit to a temporary
+//! directory in the same layout ([`write_graphs`]).
 //!
 //! Metadata props: `admin_convert.config` (JSON [`Config`](crate::spec::Config)),
 //! `admin_convert.family`, `admin_convert.graph` (`encoder` / `decoder` /
@@ -46,6 +59,7 @@ pub use fairseq::GraphInfo;
 
 use crate::spec::Model;
 use anyhow::{Context, Result};
+use onnx::{DataFile, WeightStore};
 use std::path::{Path, PathBuf};
 use tract_onnx::pb::ModelProto;
 
@@ -69,6 +83,12 @@ impl Precision {
             Precision::Fp32 => "",
             Precision::Fp16 => "_fp16",
         }
+    }
+
+    /// The weights of this precision's graphs: `weights.onnx.data`,
+    /// `weights_fp16.onnx.data`.
+    pub fn data_file_name(self) -> String {
+        format!("weights{}.onnx.data", self.suffix())
     }
 }
 
@@ -117,11 +137,10 @@ pub struct ExportOptions {
     pub fp16: bool,
     /// Source and target `dict.txt` contents, stored as metadata.
     pub dictionaries: Option<(String, String)>,
-    /// Store initializers as external data even under the 2 GB limit.
-    pub external_data: bool,
 }
 
-/// The graphs of one precision, as protobuf messages.
+/// The graphs of one precision, as protobuf messages with their weights
+/// inline (see [`export`]).
 #[derive(Clone)]
 pub struct Graphs {
     pub precision: Precision,
@@ -155,12 +174,14 @@ impl Graphs {
     }
 }
 
-/// Builds one graph of `model` in `precision`, with its metadata.
+/// Builds one graph of `model` in `precision`, with its metadata; its
+/// weights go to `store`.
 pub fn export_graph(
     model: &Model,
     kind: GraphKind,
     precision: Precision,
     opts: &ExportOptions,
+    store: &mut WeightStore,
 ) -> Result<ModelProto> {
     crate::spec::validate(model).context("the model cannot be exported")?;
     let fp16 = precision == Precision::Fp16;
@@ -186,39 +207,75 @@ pub fn export_graph(
         precision.name()
     );
     let graph = match kind {
-        GraphKind::Encoder => fairseq::encoder(model, fp16)?,
-        GraphKind::Decoder => fairseq::decoder_step(model, fp16)?,
-        GraphKind::DecoderFull => fairseq::decoder_full(model, fp16)?,
+        GraphKind::Encoder => fairseq::encoder(model, fp16, store)?,
+        GraphKind::Decoder => fairseq::decoder_step(model, fp16, store)?,
+        GraphKind::DecoderFull => fairseq::decoder_full(model, fp16, store)?,
     };
     Ok(onnx::model(graph, &doc, &meta))
 }
 
-/// Builds the three graphs of `model` in `precision`.
+/// Builds the three graphs of `model` in `precision` in memory, each
+/// carrying its own copy of the weights it reads (for running without a
+/// directory: `eval` on a checkpoint, the fold self-check, tests).
 pub fn export(model: &Model, precision: Precision, opts: &ExportOptions) -> Result<Graphs> {
+    let mut inline = WeightStore::Inline;
+    let mut graph = |kind| export_graph(model, kind, precision, opts, &mut inline);
     Ok(Graphs {
         precision,
         info: GraphInfo::of(model),
-        encoder: export_graph(model, GraphKind::Encoder, precision, opts)?,
-        decoder: export_graph(model, GraphKind::Decoder, precision, opts)?,
-        decoder_full: export_graph(model, GraphKind::DecoderFull, precision, opts)?,
+        encoder: graph(GraphKind::Encoder)?,
+        decoder: graph(GraphKind::Decoder)?,
+        decoder_full: graph(GraphKind::DecoderFull)?,
     })
 }
 
-/// Writes `graphs` into `dir` (created if missing), each file atomically.
-pub fn write_graphs(graphs: &Graphs, dir: &Path, external_data: bool) -> Result<Vec<PathBuf>> {
+/// Writes in-memory `graphs` into `dir` (created if missing) as
+/// [`write_dir`] lays it out: their inline weights move to the shared data
+/// file, each name once. Returns the files written.
+pub fn write_graphs(graphs: &Graphs, dir: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut written = vec![];
-    for kind in GraphKind::ALL {
-        let path = dir.join(kind.file_name(graphs.precision));
-        written.extend(onnx::write_model(graphs.get(kind), &path, external_data)?);
+    let mut data = DataFile::create(&dir.join(graphs.precision.data_file_name()))?;
+    let protos: Vec<ModelProto> = GraphKind::ALL
+        .iter()
+        .map(|&k| {
+            let mut proto = graphs.get(k).clone();
+            if let Some(g) = proto.graph.as_mut() {
+                g.initializer.iter_mut().for_each(|t| data.externalize(t));
+            }
+            proto
+        })
+        .collect();
+    publish(data, &protos, graphs.precision, dir)
+}
+
+/// Writes the data file, then the graphs that refer to it.
+fn publish(
+    data: DataFile,
+    protos: &[ModelProto],
+    precision: Precision,
+    dir: &Path,
+) -> Result<Vec<PathBuf>> {
+    let mut written = vec![data.finish()?];
+    for (kind, proto) in GraphKind::ALL.iter().zip(protos) {
+        let path = dir.join(kind.file_name(precision));
+        written.push(onnx::write_model(proto, &path)?);
+        // A per-graph data file of an older export would mislead: remove it.
+        let stale = path.with_extension("onnx.data");
+        if stale.exists() {
+            std::fs::remove_file(&stale)
+                .with_context(|| format!("removing {}", stale.display()))?;
+        }
     }
     Ok(written)
 }
 
 /// Exports `model` into `dir` (created if missing): `encoder.onnx`,
-/// `decoder.onnx`, `decoder_full.onnx`, and the `_fp16` variants when
-/// `opts.fp16`; one graph in memory at a time, each file written
-/// atomically. Returns the files written.
+/// `decoder.onnx`, `decoder_full.onnx` and their weights,
+/// `weights.onnx.data`, and the `_fp16` set when `opts.fp16`. Each weight
+/// is streamed to the data file once, straight from the model's arrays;
+/// the graphs hold only their structure. Every file is written atomically
+/// (the data file before the graphs that refer to it). Returns the files
+/// written.
 pub fn write_dir(model: &Model, opts: &ExportOptions, dir: &Path) -> Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut written = vec![];
@@ -227,11 +284,15 @@ pub fn write_dir(model: &Model, opts: &ExportOptions, dir: &Path) -> Result<Vec<
         precisions.push(Precision::Fp16);
     }
     for p in precisions {
-        for kind in GraphKind::ALL {
-            let proto = export_graph(model, kind, p, opts)?;
-            let path = dir.join(kind.file_name(p));
-            written.extend(onnx::write_model(&proto, &path, opts.external_data)?);
-        }
+        let mut store = WeightStore::File(DataFile::create(&dir.join(p.data_file_name()))?);
+        let protos = GraphKind::ALL
+            .iter()
+            .map(|&kind| export_graph(model, kind, p, opts, &mut store))
+            .collect::<Result<Vec<_>>>()?;
+        let WeightStore::File(data) = store else {
+            unreachable!("a file store stays one")
+        };
+        written.extend(publish(data, &protos, p, dir)?);
     }
     Ok(written)
 }

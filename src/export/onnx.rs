@@ -1,5 +1,7 @@
 //! ONNX protobuf writing: tensors, attributes, value infos, the model
-//! envelope and (for models over the 2 GB protobuf limit) external data.
+//! envelope, and the weights: inline ([`WeightStore::Inline`], graphs kept
+//! in memory) or in one external-data file that several graphs share
+//! ([`DataFile`], exported directories).
 //!
 //! Uses the generated types of `tract_onnx::pb`; encoding is
 //! `prost::Message::encode_to_vec`.
@@ -7,6 +9,8 @@
 use anyhow::{bail, Context, Result};
 use half::f16;
 use prost::Message;
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -202,104 +206,261 @@ pub fn initializer_bytes(m: &pb::ModelProto) -> usize {
         .unwrap_or(0)
 }
 
-/// Protobuf refuses messages of 2 GiB and more; stay well below it.
-pub const INLINE_LIMIT: usize = 1 << 30;
-/// Initializers at least this large go to the side file when external
-/// data is used.
-const EXTERNAL_MIN_BYTES: usize = 1024;
-const EXTERNAL_ALIGN: u64 = 4096;
+/// Protobuf refuses messages of 2 GiB and more: a graph structure (its
+/// weights live in the data file) must stay below it.
+pub const PROTO_LIMIT: usize = 1 << 30;
 
-/// Writes `model` to `path` atomically (a temporary file in the same
-/// directory, then a rename). When its initializers exceed
-/// [`INLINE_LIMIT`] (or `force_external`), large initializers are moved to
-/// `<file name>.data` beside it as ONNX external data. Returns the paths
-/// written.
-pub fn write_model(
-    model: &pb::ModelProto,
-    path: &Path,
-    force_external: bool,
-) -> Result<Vec<PathBuf>> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let file_name = path
-        .file_name()
-        .and_then(|s| s.to_str())
-        .with_context(|| format!("{} has no usable file name", path.display()))?
-        .to_string();
-    let external = force_external || initializer_bytes(model) >= INLINE_LIMIT;
-    let mut written = vec![];
-    let bytes = if external {
-        let data_name = format!("{file_name}.data");
-        let data_path = dir.join(&data_name);
-        let mut model = model.clone();
-        let mut data_tmp = tempfile::NamedTempFile::new_in(&dir)
-            .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
-        let mut offset: u64 = 0;
-        {
-            let mut w = std::io::BufWriter::new(data_tmp.as_file_mut());
-            let graph = model.graph.as_mut().context("model has no graph")?;
-            for t in graph.initializer.iter_mut() {
-                if t.raw_data.len() < EXTERNAL_MIN_BYTES {
-                    continue;
-                }
-                let pad = (EXTERNAL_ALIGN - offset % EXTERNAL_ALIGN) % EXTERNAL_ALIGN;
-                w.write_all(&vec![0u8; pad as usize])?;
-                offset += pad;
-                let raw = std::mem::take(&mut t.raw_data);
-                w.write_all(&raw)?;
-                t.data_location = Some(pb::tensor_proto::DataLocation::External as i32);
-                t.external_data = vec![
-                    entry("location", &data_name),
-                    entry("offset", &offset.to_string()),
-                    entry("length", &raw.len().to_string()),
-                ];
-                offset += raw.len() as u64;
-            }
-            w.flush()?;
-        }
-        let bytes = model.encode_to_vec();
-        if bytes.len() >= INLINE_LIMIT {
-            bail!(
-                "{}: graph structure alone is {} bytes, over the protobuf limit",
-                path.display(),
-                bytes.len()
-            );
-        }
-        data_tmp.as_file().sync_all()?;
-        data_tmp
-            .persist(&data_path)
-            .with_context(|| format!("writing {}", data_path.display()))?;
-        written.push(data_path);
-        bytes
-    } else {
-        model.encode_to_vec()
-    };
-    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
-        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+/// Writes `model` (its weights already external, see [`DataFile`]) to
+/// `path` atomically: a temporary file in the same directory, then a
+/// rename. Returns the path written.
+pub fn write_model(model: &pb::ModelProto, path: &Path) -> Result<PathBuf> {
+    let bytes = model.encode_to_vec();
+    if bytes.len() >= PROTO_LIMIT {
+        bail!(
+            "{}: the graph is {} bytes, over the protobuf limit",
+            path.display(),
+            bytes.len()
+        );
+    }
+    let mut tmp = tempfile::NamedTempFile::new_in(parent_dir(path))
+        .with_context(|| format!("creating a temporary file beside {}", path.display()))?;
     tmp.write_all(&bytes)
         .with_context(|| format!("writing {}", path.display()))?;
-    tmp.as_file().sync_all()?;
+    persist(tmp, path)?;
+    Ok(path.to_path_buf())
+}
+
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Syncs `tmp`, renames it to `path` and gives it the usual 0666 under the
+/// umask (temporary files are rw-------).
+fn persist(tmp: tempfile::NamedTempFile, path: &Path) -> Result<()> {
+    tmp.as_file()
+        .sync_all()
+        .with_context(|| format!("writing {}", path.display()))?;
     tmp.persist(path)
         .with_context(|| format!("writing {}", path.display()))?;
-    written.push(path.to_path_buf());
-    // Temporary files are rw------- : give outputs the usual 0666 under the umask.
     #[cfg(unix)]
-    for p in &written {
+    {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::Permissions::from_mode(crate::write::file_mode());
-        fs::set_permissions(p, mode).with_context(|| format!("{}: chmod", p.display()))?;
+        let mode = fs::Permissions::from_mode(crate::write::file_mode());
+        fs::set_permissions(path, mode).with_context(|| format!("{}: chmod", path.display()))?;
     }
-    // An external data file left over from an earlier, larger export would
-    // be misleading: remove it when this model is inline.
-    if !external {
-        let stale = dir.join(format!("{file_name}.data"));
-        if stale.exists() {
-            fs::remove_file(&stale).with_context(|| format!("removing {}", stale.display()))?;
+    Ok(())
+}
+
+/// Where the float weights of graphs being built go.
+pub enum WeightStore {
+    /// Into each graph's proto (`raw_data`): graphs kept in memory.
+    Inline,
+    /// Into one shared external-data file, each name once.
+    File(DataFile),
+}
+
+impl WeightStore {
+    /// The initializer `name` of type `elem`. `data` (row-major f32) is
+    /// asked for only when the tensor is not stored yet: a name that a
+    /// [`DataFile`] already holds is referenced again, not rewritten.
+    pub fn tensor<'d>(
+        &mut self,
+        name: &str,
+        dims: &[usize],
+        elem: Elem,
+        data: impl FnOnce() -> Cow<'d, [f32]>,
+    ) -> TensorProto {
+        match self {
+            WeightStore::Inline => tensor_f32(name, dims, &data(), elem),
+            WeightStore::File(f) => f.tensor(name, dims, elem, data),
         }
     }
-    Ok(written)
+}
+
+/// Alignment of tensors in a data file: a page for large tensors (so a
+/// runtime may map them), a cache line for the rest.
+const PAGE: u64 = 4096;
+const LINE: u64 = 64;
+/// Values converted and written per chunk (fp16 conversion buffer).
+const CHUNK: usize = 1 << 16;
+
+/// One ONNX external-data file shared by several graphs: every tensor is
+/// written once, streamed from the caller's f32 slice (fp16 converted a
+/// chunk at a time), and each graph's initializer refers to it by
+/// `location`, `offset` and `length`. Written to a temporary file beside
+/// its final path and renamed by [`DataFile::finish`].
+pub struct DataFile {
+    path: PathBuf,
+    location: String,
+    out: std::io::BufWriter<tempfile::NamedTempFile>,
+    offset: u64,
+    stored: HashMap<String, TensorProto>,
+    /// The first failure; reported by [`DataFile::finish`].
+    error: Option<anyhow::Error>,
+}
+
+impl DataFile {
+    /// Starts `path`; graphs written into the same directory refer to it
+    /// by its file name.
+    pub fn create(path: &Path) -> Result<DataFile> {
+        let location = path
+            .file_name()
+            .and_then(|s| s.to_str())
+            .with_context(|| format!("{} has no usable file name", path.display()))?
+            .to_string();
+        let tmp = tempfile::NamedTempFile::new_in(parent_dir(path))
+            .with_context(|| format!("creating a temporary file beside {}", path.display()))?;
+        Ok(DataFile {
+            path: path.to_path_buf(),
+            location,
+            out: std::io::BufWriter::with_capacity(1 << 20, tmp),
+            offset: 0,
+            stored: HashMap::new(),
+            error: None,
+        })
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.offset
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.offset == 0
+    }
+
+    fn tensor<'d>(
+        &mut self,
+        name: &str,
+        dims: &[usize],
+        elem: Elem,
+        data: impl FnOnce() -> Cow<'d, [f32]>,
+    ) -> TensorProto {
+        if let Some(t) = self.stored.get(name) {
+            let same = t.data_type == elem.onnx()
+                && t.dims.iter().map(|&d| d as usize).eq(dims.iter().copied());
+            if !same && self.error.is_none() {
+                self.error = Some(anyhow::anyhow!(
+                    "initializer {name} stored twice with different shapes or types"
+                ));
+            }
+            return t.clone();
+        }
+        let data = data();
+        debug_assert_eq!(dims.iter().product::<usize>(), data.len());
+        let mut t = TensorProto {
+            name: name.to_string(),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: elem.onnx(),
+            ..Default::default()
+        };
+        let offset = self.align((data.len() * elem_bytes(elem)) as u64);
+        match self.append(&data, elem) {
+            Ok(length) => self.refer(&mut t, offset, length),
+            Err(e) => {
+                self.error.get_or_insert(e);
+            }
+        }
+        self.stored.insert(name.to_string(), t.clone());
+        t
+    }
+
+    /// Moves the inline weight `t` into the file (a name already stored is
+    /// referenced again); the small constants of a graph (under 1 KiB)
+    /// stay inline.
+    pub fn externalize(&mut self, t: &mut TensorProto) {
+        if t.raw_data.len() < 1024 {
+            return;
+        }
+        if let Some(stored) = self.stored.get(&t.name) {
+            *t = stored.clone();
+            return;
+        }
+        let raw = std::mem::take(&mut t.raw_data);
+        let offset = self.align(raw.len() as u64);
+        match self.out.write_all(&raw) {
+            Ok(()) => {
+                self.offset += raw.len() as u64;
+                self.refer(t, offset, raw.len() as u64);
+            }
+            Err(e) => {
+                self.error.get_or_insert(e.into());
+            }
+        }
+        self.stored.insert(t.name.clone(), t.clone());
+    }
+
+    /// Makes `t` refer to `length` bytes at `offset` of this file.
+    fn refer(&self, t: &mut TensorProto, offset: u64, length: u64) {
+        t.data_location = Some(pb::tensor_proto::DataLocation::External as i32);
+        t.external_data = vec![
+            entry("location", &self.location),
+            entry("offset", &offset.to_string()),
+            entry("length", &length.to_string()),
+        ];
+    }
+
+    /// Pads the file for a tensor of `length` bytes; returns its offset.
+    /// A failed write is recorded.
+    fn align(&mut self, length: u64) -> u64 {
+        let align = if length >= PAGE { PAGE } else { LINE };
+        let pad = (align - self.offset % align) % align;
+        match self.out.write_all(&[0u8; PAGE as usize][..pad as usize]) {
+            Ok(()) => self.offset += pad,
+            Err(e) => {
+                self.error.get_or_insert(e.into());
+            }
+        }
+        self.offset
+    }
+
+    /// Appends `data` as `elem`; returns the bytes written.
+    fn append(&mut self, data: &[f32], elem: Elem) -> Result<u64> {
+        let length = (data.len() * elem_bytes(elem)) as u64;
+        let mut buf: Vec<u8> = Vec::with_capacity(CHUNK * 4);
+        for chunk in data.chunks(CHUNK) {
+            buf.clear();
+            match elem {
+                Elem::F32 if cfg!(target_endian = "little") => {
+                    buf.extend_from_slice(bytemuck::cast_slice(chunk))
+                }
+                Elem::F32 => buf.extend(chunk.iter().flat_map(|v| v.to_le_bytes())),
+                Elem::F16 => buf.extend(chunk.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes())),
+                _ => unreachable!("only float weights are stored in a data file"),
+            }
+            self.out.write_all(&buf)?;
+        }
+        self.offset += length;
+        Ok(length)
+    }
+
+    /// Flushes, syncs and renames the file into place; reports the first
+    /// error met while graphs were built.
+    pub fn finish(self) -> Result<PathBuf> {
+        let path = self.path;
+        if let Some(e) = self.error {
+            return Err(e.context(format!("writing {}", path.display())));
+        }
+        let tmp = self
+            .out
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(|| format!("writing {}", path.display()))?;
+        persist(tmp, &path)?;
+        Ok(path)
+    }
+}
+
+fn elem_bytes(elem: Elem) -> usize {
+    match elem {
+        Elem::F32 | Elem::I32 => 4,
+        Elem::F16 => 2,
+        Elem::I64 => 8,
+        Elem::Bool => 1,
+    }
 }
 
 fn entry(k: &str, v: &str) -> pb::StringStringEntryProto {

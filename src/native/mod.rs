@@ -242,7 +242,12 @@ impl NativeBackend {
         threads: Option<usize>,
         ct: ComputeType,
     ) -> Result<NativeBackend> {
-        NativeBackend::from_model(model.clone(), threads, ct)
+        kernel_cap()?;
+        let ct = ct.resolve(model);
+        Ok(NativeBackend {
+            model: NativeModel::with_compute_type(model, ct)?, // packs without a copy of `model`
+            threads: default_threads(threads),
+        })
     }
 
     /// As [`NativeBackend::with_compute_type`], consuming `model` (lower
@@ -253,16 +258,10 @@ impl NativeBackend {
         ct: ComputeType,
     ) -> Result<NativeBackend> {
         kernel_cap()?;
-        let threads = threads
-            .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
-            .unwrap_or(1)
-            .max(1);
+        let ct = ct.resolve(&model);
         Ok(NativeBackend {
-            model: {
-                let ct = ct.resolve(&model);
-                NativeModel::from_model(model, ct)?
-            },
-            threads,
+            model: NativeModel::from_model(model, ct)?,
+            threads: default_threads(threads),
         })
     }
 
@@ -273,6 +272,14 @@ impl NativeBackend {
     pub fn model(&self) -> &NativeModel {
         &self.model
     }
+}
+
+/// `threads`, else the number of CPUs (at least 1).
+fn default_threads(threads: Option<usize>) -> usize {
+    threads
+        .or_else(|| std::thread::available_parallelism().ok().map(usize::from))
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// The real tokens of each left-padded row.

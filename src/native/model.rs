@@ -13,6 +13,7 @@ use crate::spec::{self, Activation, Body, Model, Positions, SublayerRef};
 use anyhow::{ensure, Result};
 use ndarray::{concatenate, Array2, Axis};
 use std::ops::Range;
+use std::sync::Arc;
 
 /// LayerNorm affine parameters.
 pub(crate) struct Norm {
@@ -252,19 +253,21 @@ enum PosTable {
     },
 }
 
-/// Token table, scale, position table, `layernorm_embedding`.
+/// Token table (one table shared by both stacks when the model ties them),
+/// scale, position table, `layernorm_embedding`.
 pub(crate) struct Embed {
-    tokens: Array2<f32>,
+    tokens: Arc<Array2<f32>>,
     scale: f32,
     positions: Option<PosTable>,
     norm: Option<Norm>,
 }
 
 impl Embed {
-    fn of(e: spec::Embedding, max_positions: usize) -> Embed {
-        let d = e.tokens.ncols();
+    /// `e` with `tokens` as its table (`e.tokens` is not read).
+    fn of(e: spec::Embedding, tokens: Arc<Array2<f32>>, max_positions: usize) -> Embed {
+        let d = tokens.ncols();
         Embed {
-            tokens: e.tokens,
+            tokens,
             scale: e.scale,
             positions: match e.positions {
                 Positions::None => None,
@@ -350,6 +353,25 @@ pub struct NativeModel {
     pub(crate) compute_type: ComputeType,
 }
 
+/// Whether the encoder's and decoder's token tables are one tied table
+/// (equal values: a folded model unties them), held once by the engine.
+fn shares_tokens(m: &Model) -> bool {
+    let w = &m.weights;
+    m.tying.encoder_decoder && w.encoder_embed.tokens == w.decoder_embed.tokens
+}
+
+/// `e`, leaving an empty table behind (the consuming constructor moves the
+/// token tables into the engine instead of copying them).
+fn take_embedding(e: &mut spec::Embedding) -> spec::Embedding {
+    let empty = spec::Embedding {
+        tokens: Array2::zeros((0, 0)),
+        scale: e.scale,
+        positions: Positions::None,
+        layernorm: None,
+    };
+    std::mem::replace(e, empty)
+}
+
 /// Several linears fused along the output axis (missing biases are zero).
 fn fused(ls: &[&spec::Linear], ct: ComputeType) -> Linear {
     let ws: Vec<_> = ls.iter().map(|l| l.weight.view()).collect();
@@ -372,15 +394,50 @@ impl NativeModel {
     }
 
     /// As [`NativeModel::new`], with the linear maps in `ct` (a concrete
-    /// type: resolve `auto` first with [`ComputeType::resolve`]).
+    /// type: resolve `auto` first with [`ComputeType::resolve`]). Packs
+    /// from the borrowed weights: only the tables the engine keeps as they
+    /// are (token and position tables, norms) are copied, never the model.
     pub fn with_compute_type(m: &Model, ct: ComputeType) -> Result<NativeModel> {
-        NativeModel::from_model(m.clone(), ct)
+        let info = NativeModel::check(m, ct)?;
+        let w = &m.weights;
+        let shared = shares_tokens(m);
+        let dec_embed = if shared {
+            let e = &w.decoder_embed;
+            spec::Embedding {
+                tokens: Array2::zeros((0, 0)), // the encoder's is used
+                scale: e.scale,
+                positions: e.positions.clone(),
+                layernorm: e.layernorm.clone(),
+            }
+        } else {
+            w.decoder_embed.clone()
+        };
+        let embeds = (w.encoder_embed.clone(), dec_embed);
+        let layers = (w.encoder_layers.iter(), w.decoder_layers.iter());
+        NativeModel::pack(m, info, (embeds, shared), layers, ct)
     }
 
     /// As [`NativeModel::with_compute_type`], consuming `m`: each layer's
-    /// float32 weights are freed as soon as that layer is packed, so the
-    /// load peak is the model plus one packed layer, not two models.
-    pub fn from_model(m: Model, ct: ComputeType) -> Result<NativeModel> {
+    /// float32 weights are freed as soon as that layer is packed and the
+    /// token tables move into the engine, so the load peak is the model
+    /// plus one packed layer, not two models.
+    pub fn from_model(mut m: Model, ct: ComputeType) -> Result<NativeModel> {
+        let info = NativeModel::check(&m, ct)?;
+        let shared = shares_tokens(&m);
+        let w = &mut m.weights;
+        let embeds = (
+            take_embedding(&mut w.encoder_embed),
+            take_embedding(&mut w.decoder_embed),
+        );
+        let layers = (
+            std::mem::take(&mut w.encoder_layers).into_iter(),
+            std::mem::take(&mut w.decoder_layers).into_iter(),
+        );
+        NativeModel::pack(&m, info, (embeds, shared), layers, ct)
+    }
+
+    /// Refuses what the engine cannot run; the graph description of `m`.
+    fn check(m: &Model, ct: ComputeType) -> Result<GraphInfo> {
         ensure!(
             ct != ComputeType::Auto,
             "internal error: compute type auto not resolved"
@@ -389,11 +446,10 @@ impl NativeModel {
             ct != ComputeType::Bfloat16 || super::quant::bf16_kernel().is_some(),
             "--compute-type bfloat16 needs a CPU with AVX512_BF16 (this one has none)"
         );
-        crate::spec::validate(&m)?;
-        let info = GraphInfo::of(&m);
-        let (c, w) = (m.config, m.weights);
-        let enc_d = w.encoder_embed.tokens.ncols();
-        let dec_d = w.decoder_embed.tokens.ncols();
+        crate::spec::validate(m)?;
+        let c = &m.config;
+        let enc_d = m.weights.encoder_embed.tokens.ncols();
+        let dec_d = m.weights.decoder_embed.tokens.ncols();
         ensure!(
             c.encoder_attention_heads > 0 && enc_d.is_multiple_of(c.encoder_attention_heads),
             "encoder width {enc_d} is not a multiple of {} heads",
@@ -404,6 +460,33 @@ impl NativeModel {
             "decoder width {dec_d} is not a multiple of {} heads",
             c.decoder_attention_heads
         );
+        Ok(GraphInfo::of(m))
+    }
+
+    /// Packs the layers one at a time as the iterators yield them (owned
+    /// layers are freed once packed); config, final norms and the output
+    /// projection come from `m`, embeddings and layers from the arguments
+    /// (`shared`: the decoder uses the encoder's token table).
+    fn pack<E, D>(
+        m: &Model,
+        info: GraphInfo,
+        ((enc_embed, dec_embed), shared): ((spec::Embedding, spec::Embedding), bool),
+        (enc, dec): (impl Iterator<Item = E>, impl Iterator<Item = D>),
+        ct: ComputeType,
+    ) -> Result<NativeModel>
+    where
+        E: std::borrow::Borrow<spec::EncoderLayer>,
+        D: std::borrow::Borrow<spec::DecoderLayer>,
+    {
+        let (c, w) = (&m.config, &m.weights);
+        let (mut enc_embed, mut dec_embed) = (enc_embed, dec_embed);
+        let enc_tokens = Arc::new(std::mem::take(&mut enc_embed.tokens));
+        let dec_tokens = if shared {
+            dec_embed.tokens = Array2::zeros((0, 0)); // one table for both
+            enc_tokens.clone()
+        } else {
+            Arc::new(std::mem::take(&mut dec_embed.tokens))
+        };
         let packed = |l: &spec::Linear| fused(&[l], ct);
         let ffn = |s: &SublayerRef| match s.f {
             Body::FeedForward(f) => Sub::of(
@@ -436,44 +519,36 @@ impl NativeModel {
             ),
             Body::FeedForward(_) => unreachable!("the walk's attention slot holds attention"),
         };
+        // Each owned layer is consumed (its float32 weights freed) once packed.
+        let encoder_layer = |(i, l): (usize, E)| {
+            let [a, f] = l.borrow().sublayers(i);
+            EncoderLayer {
+                attn: attn(&a),
+                ffn: ffn(&f),
+            }
+        };
+        let decoder_layer = |(i, l): (usize, D)| {
+            let [a, c, f] = l.borrow().sublayers(i);
+            DecoderLayer {
+                attn: attn(&a),
+                cross: cross(&c),
+                ffn: ffn(&f),
+            }
+        };
         Ok(NativeModel {
             info,
             activation: c.activation_fn,
-            enc_d,
+            enc_d: enc_tokens.ncols(),
             enc_heads: c.encoder_attention_heads,
             enc_pre: c.encoder_normalize_before,
-            dec_d,
+            dec_d: dec_tokens.ncols(),
             dec_heads: c.decoder_attention_heads,
             dec_pre: c.decoder_normalize_before,
-            enc_embed: Embed::of(w.encoder_embed, c.max_source_positions),
-            // Each layer is consumed (its float32 weights freed) once packed.
-            enc_layers: w
-                .encoder_layers
-                .into_iter()
-                .enumerate()
-                .map(|(i, l)| {
-                    let [a, f] = l.sublayers(i);
-                    EncoderLayer {
-                        attn: attn(&a),
-                        ffn: ffn(&f),
-                    }
-                })
-                .collect(),
+            enc_embed: Embed::of(enc_embed, enc_tokens, c.max_source_positions),
+            enc_layers: enc.enumerate().map(encoder_layer).collect(),
             enc_final: w.encoder_final_norm.as_ref().map(Norm::of),
-            dec_embed: Embed::of(w.decoder_embed, c.max_target_positions),
-            dec_layers: w
-                .decoder_layers
-                .into_iter()
-                .enumerate()
-                .map(|(i, l)| {
-                    let [a, c, f] = l.sublayers(i);
-                    DecoderLayer {
-                        attn: attn(&a),
-                        cross: cross(&c),
-                        ffn: ffn(&f),
-                    }
-                })
-                .collect(),
+            dec_embed: Embed::of(dec_embed, dec_tokens, c.max_target_positions),
+            dec_layers: dec.enumerate().map(decoder_layer).collect(),
             dec_final: w.decoder_final_norm.as_ref().map(Norm::of),
             output: Linear::new(&[w.output_projection.view()], None, ct),
             compute_type: ct,

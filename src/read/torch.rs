@@ -2,12 +2,14 @@
 //! (pre-1.6), without executing pickle code: the pickled object becomes a [`Value`] tree whose
 //! tensors are [`TensorRef`]s into storages that stay memory-mapped (deflated zip entries are
 //! the only copies) until [`TorchFile::tensor`] makes a contiguous, range-checked tensor.
+//! Only the tensors asked for are touched (the `model` part of a checkpoint, never the
+//! optimizer state), and their pages leave the resident set when the tensor is dropped.
 
 use crate::read::pickle::{self, PickleError, Value};
-use crate::tensor::{numel, Bytes, DType, RawTensor};
-use memmap2::{Mmap, MmapMut};
+use crate::tensor::{numel, release_range, Bytes, DType, RawTensor};
+use memmap2::Mmap;
 use std::collections::HashMap;
-use std::io::{Cursor, Read};
+use std::io::{Cursor, Read, Write};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -108,14 +110,17 @@ impl TorchFile {
         Self::from_map(Arc::new(map))
     }
 
-    /// Read from memory (copied into an anonymous map so storages can be ranges of it).
+    /// Read from memory (written to an unlinked temporary file and mapped, so storages can
+    /// be ranges of a file map like those of [`TorchFile::open`]: see [`Bytes::Mapped`]).
     pub fn from_bytes(bytes: Vec<u8>) -> Result<TorchFile> {
         if bytes.is_empty() {
             return Err(TorchError::Empty);
         }
-        let mut map = MmapMut::map_anon(bytes.len())?;
-        map.copy_from_slice(&bytes);
-        Self::from_map(Arc::new(map.make_read_only()?))
+        let mut file = tempfile::tempfile()?;
+        file.write_all(&bytes)?;
+        // SAFETY: as in `open`; nobody else knows the unlinked file.
+        let map = unsafe { Mmap::map(&file)? };
+        Self::from_map(Arc::new(map))
     }
 
     fn from_map(map: Arc<Mmap>) -> Result<TorchFile> {
@@ -193,6 +198,7 @@ impl TorchFile {
             let mut d = rank - 1;
             loop {
                 if d == 0 {
+                    storage.release(); // the gather touched it: keep only the copy
                     return new(out.into());
                 }
                 d -= 1;
@@ -470,6 +476,8 @@ fn read_zip(map: Arc<Mmap>) -> Result<TorchFile> {
         }
         storages.insert(key, bytes);
     }
+    // The pickle and the entries' local headers were read: none of it stays resident.
+    release_range(&map, 0, map.len());
     Ok(TorchFile {
         format: TorchFormat::Zip,
         root,
@@ -641,6 +649,8 @@ fn read_legacy(map: Arc<Mmap>) -> Result<TorchFile> {
         let bytes = sub_bytes(root, view.offset * elem, view.numel * elem);
         storages.insert(view_key, bytes);
     }
+    // The pickles and the storages' length prefixes were read: none of it stays resident.
+    release_range(&map, 0, map.len());
     Ok(TorchFile {
         format: TorchFormat::Legacy,
         root,

@@ -232,11 +232,11 @@ impl OrtBackend {
             GraphSource::Memory(g) => {
                 let big = GraphKind::ALL.iter().any(|k| {
                     crate::export::onnx::initializer_bytes(g.get(*k))
-                        >= crate::export::onnx::INLINE_LIMIT
+                        >= crate::export::onnx::PROTO_LIMIT
                 });
                 let spill = if big {
                     let dir = tempfile::tempdir()?;
-                    crate::export::write_graphs(g, dir.path(), true)?;
+                    crate::export::write_graphs(g, dir.path())?;
                     Some(dir)
                 } else {
                     None

@@ -89,7 +89,39 @@ fn property(model: &InferenceModel, key: &str) -> Option<String> {
         .cloned()
 }
 
-fn prepare(model: InferenceModel, what: &Path) -> Result<Loaded> {
+/// tract shares constants of equal value and pre-packs a constant matrix
+/// operand only when no other node reads it. The output projection is a
+/// `Gemm` with `transB = 1` over an initializer that a tied model's Gather
+/// also reads: multiplied unpacked, decoding steps are 7× slower. Such a
+/// Gemm gets a plain MatMul over its own transposed copy (in memory only;
+/// the file keeps one table).
+fn unshare_gemm_operands(model: &mut InferenceModel) -> Result<()> {
+    use tract_onnx::tract_core::ops::konst::Const;
+    use tract_onnx::tract_hir::ops::{expandable::expand, matmul::MatMulInference};
+    for id in 0..model.nodes.len() {
+        let node = model.node(id);
+        let plain = "Gemm { alpha: 1.0, beta: 1.0, trans_a: false, trans_b: true }";
+        if node.inputs.len() != 2 || format!("{:?}", node.op) != plain {
+            continue;
+        }
+        let b = node.inputs[1];
+        let Some(table) = model.node(b.node).op_as::<Const>().map(|c| c.val().clone()) else {
+            continue;
+        };
+        if model.outlet_successors(b).len() < 2 || table.rank() != 2 {
+            continue;
+        }
+        let name = format!("{}.transposed", model.node(b.node).name);
+        let t = model.add_const(name, (*table).clone().permute_axes(&[1, 0])?)?;
+        model.add_edge(t, InletId::new(id, 1))?;
+        model.node_mut(id).op = expand(MatMulInference::default());
+    }
+    Ok(())
+}
+
+fn prepare(mut model: InferenceModel, what: &Path) -> Result<Loaded> {
+    unshare_gemm_operands(&mut model)
+        .with_context(|| format!("tract: preparing {}", what.display()))?;
     let inputs = model
         .input_outlets()?
         .iter()

@@ -1,7 +1,10 @@
 //! Checkpoint averaging with the semantics of fairseq's `scripts/average_checkpoints.py`,
 //! in bounded memory: inputs are opened one at a time (memory-mapped) and summed tensor by
-//! tensor, in the order given, into one accumulator per tensor; then floats are divided by N
-//! (true division) and integers floor-divided. Every input's key list must equal the first's.
+//! tensor, in the order given, into one accumulator per storage (tied tables are read and
+//! summed once while every input ties them, and stay tied in the output); then floats are
+//! divided by N (true division) and integers floor-divided. Every input's key list must
+//! equal the first's. Each input tensor's mapped pages are released once it is added, so
+//! the peak is one model of sums plus one input tensor.
 //!
 //! Accumulators: f32 for f32 / f16 / bf16 (fairseq upcasts only f16 and would sum bf16 in
 //! bf16; we deliberately upcast bf16 too), f64 for f64, i64 for integers. The top level
@@ -11,7 +14,7 @@ use crate::read::{Checkpoint, Hparams, ReadError};
 use crate::tensor::{DType, RawTensor};
 use crate::write::torch::Carried;
 use indicatif::ProgressBar;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 /// The result of [`average`].
@@ -32,6 +35,7 @@ pub struct Averaged {
 }
 
 /// A running sum.
+#[derive(Clone)]
 enum Acc {
     F32(Vec<f32>),
     F64(Vec<f64>),
@@ -178,6 +182,38 @@ impl Acc {
     }
 }
 
+/// The running sum of one state-dict entry.
+enum Slot {
+    Sum(Acc),
+    /// Tied to the earlier entry at this index (never itself tied) in every input so far,
+    /// so summed there and not read again.
+    Tied(usize),
+}
+
+/// Entries tied in the inputs so far but not in the one being opened (`tied_here`, entry
+/// → the entry it shares storage with) get their own sum from here on: the sum so far of
+/// the entry they were tied to (every input so far held the same values in both).
+fn untie_where_untied(accs: &mut [(Vec<usize>, Slot)], tied_here: &HashMap<usize, usize>) {
+    for j in 0..accs.len() {
+        if let Slot::Tied(k) = accs[j].1 {
+            if tied_here.get(&j) != Some(&k) {
+                if let Slot::Sum(a) = &accs[k].1 {
+                    accs[j].1 = Slot::Sum(a.clone());
+                }
+            }
+        }
+    }
+}
+
+/// An entry still marked tied although [`untie_where_untied`] ran: cannot happen (ties
+/// point at entries that are never tied themselves); an error rather than a panic.
+fn unreachable_tie<T>(path: &Path, name: &str) -> Result<T, ReadError> {
+    Err(ReadError::new(
+        path,
+        format!("internal error: tensor {name} lost its tied sum"),
+    ))
+}
+
 /// Where two key lists first differ, as a message.
 fn key_difference(first: &[String], other: &[String], first_path: &Path) -> Option<String> {
     let base = first_path
@@ -243,7 +279,7 @@ fn retie(tensors: &mut [(String, RawTensor)], ties: &[(usize, usize)]) {
 }
 
 /// Average `inputs` in the order given (fairseq's `--inputs`). Peak memory is one
-/// accumulator per tensor plus the one input being read. `progress` advances once per
+/// accumulator per storage plus the one input tensor being read. `progress` advances once per
 /// tensor read; its length is set when the first input is open.
 pub fn average(inputs: &[PathBuf], progress: &ProgressBar) -> Result<Averaged, ReadError> {
     let Some(first_path) = inputs.first() else {
@@ -253,7 +289,7 @@ pub fn average(inputs: &[PathBuf], progress: &ProgressBar) -> Result<Averaged, R
     let mut keys: Vec<String> = Vec::new();
     // (entry, earlier entry) pairs sharing one storage in the first input.
     let mut ties: Vec<(usize, usize)> = Vec::new();
-    let mut accs: Vec<(Vec<usize>, Acc)> = Vec::new();
+    let mut accs: Vec<(Vec<usize>, Slot)> = Vec::new();
     let mut carried = None;
     let mut hparams = Hparams::new();
     let mut metadata = BTreeMap::new();
@@ -266,6 +302,7 @@ pub fn average(inputs: &[PathBuf], progress: &ProgressBar) -> Result<Averaged, R
         );
         let ckpt = Checkpoint::open(path)?;
         let names: Vec<String> = ckpt.entries.iter().map(|e| e.name.clone()).collect();
+        let tied_here: HashMap<usize, usize> = input_ties(&ckpt).into_iter().collect();
         if i == 0 {
             if names.is_empty() {
                 return Err(ReadError::new(path, "state dict holds no tensors"));
@@ -278,36 +315,55 @@ pub fn average(inputs: &[PathBuf], progress: &ProgressBar) -> Result<Averaged, R
             keys = names;
         } else if let Some(msg) = key_difference(&keys, &names, first_path) {
             return Err(ReadError::new(path, msg));
+        } else {
+            untie_where_untied(&mut accs, &tied_here);
         }
         for (j, name) in keys.iter().enumerate() {
-            let t = ckpt.tensor(name)?;
-            *input_dtypes.entry(t.dtype).or_default() += 1;
-            if i == 0 {
-                accs.push((t.shape.clone(), Acc::start(&t)));
-            } else {
-                let (shape, acc) = &mut accs[j];
-                if *shape != t.shape {
-                    return Err(ReadError::new(
-                        path,
-                        format!(
-                            "tensor {name} has shape {:?}, {} has {shape:?}",
-                            t.shape,
-                            first_path.display()
-                        ),
-                    ));
-                }
-                acc.add(&t)
-                    .map_err(|m| ReadError::new(path, format!("tensor {name} {m}")))?;
-            }
+            let e = &ckpt.entries[j];
+            *input_dtypes.entry(e.dtype).or_default() += 1;
             progress.inc(1);
+            let tie = tied_here.get(&j).copied();
+            if i == 0 {
+                if let Some(k) = tie {
+                    accs.push((e.shape.clone(), Slot::Tied(k)));
+                    continue;
+                }
+                let t = ckpt.tensor(name)?;
+                accs.push((t.shape.clone(), Slot::Sum(Acc::start(&t))));
+                continue;
+            }
+            let (shape, slot) = &mut accs[j];
+            let acc = match slot {
+                Slot::Tied(k) if tie == Some(*k) => continue, // summed with entry k
+                Slot::Tied(_) => unreachable_tie(path, name)?,
+                Slot::Sum(acc) => acc,
+            };
+            let t = ckpt.tensor(name)?;
+            if *shape != t.shape {
+                return Err(ReadError::new(
+                    path,
+                    format!(
+                        "tensor {name} has shape {:?}, {} has {shape:?}",
+                        t.shape,
+                        first_path.display()
+                    ),
+                ));
+            }
+            acc.add(&t)
+                .map_err(|m| ReadError::new(path, format!("tensor {name} {m}")))?;
+            // `t` dropped: its mapped pages leave the resident set.
         }
         // `ckpt` (and its memory map) is dropped here, before the next input opens.
     }
-    let mut tensors: Vec<(String, RawTensor)> = keys
-        .into_iter()
-        .zip(accs)
-        .map(|(k, (shape, acc))| (k, acc.finish(shape, n)))
-        .collect();
+    let mut tensors: Vec<(String, RawTensor)> = Vec::with_capacity(keys.len());
+    for (name, (shape, slot)) in keys.into_iter().zip(accs) {
+        let t = match slot {
+            // One buffer: a `.pt` output keeps the tie.
+            Slot::Tied(k) => tensors[k].1.clone(),
+            Slot::Sum(acc) => acc.finish(shape, n),
+        };
+        tensors.push((name, t));
+    }
     retie(&mut tensors, &ties);
     let mut notes = Vec::new();
     if input_dtypes.contains_key(&DType::F16) {

@@ -11,6 +11,7 @@ use crate::tensor::{DType, RawTensor};
 use crate::transform::cast::{self, CastStats};
 use ndarray::{Array1, Array2};
 use serde_json::{json, Map, Value};
+use std::borrow::Cow;
 
 /// Named tensors in fairseq's `state_dict()` order, converted to `dtype`.
 pub struct StateDict {
@@ -18,70 +19,79 @@ pub struct StateDict {
     pub stats: CastStats,
 }
 
-struct Builder {
-    dtype: DType,
-    out: Vec<(String, RawTensor)>,
-    stats: CastStats,
+/// One tensor of the state dict as float32 values borrowed from the model
+/// (owned only for what the model does not store: zero biases, `version`).
+pub struct Entry<'a> {
+    pub name: String,
+    pub shape: Vec<usize>,
+    pub data: Cow<'a, [f32]>,
 }
 
-impl Builder {
-    fn push(&mut self, name: String, shape: Vec<usize>, data: &[f32]) {
-        let (t, st) = cast::from_f32(self.dtype, shape, data);
-        self.stats.add(&st);
-        self.out.push((name, t));
+struct Builder<'a> {
+    out: Vec<Entry<'a>>,
+}
+
+impl<'a> Builder<'a> {
+    fn push(&mut self, name: String, shape: Vec<usize>, data: Cow<'a, [f32]>) {
+        self.out.push(Entry { name, shape, data });
     }
-    fn mat(&mut self, name: String, m: &Array2<f32>) {
-        let v: Vec<f32> = m.iter().copied().collect();
-        self.push(name, m.shape().to_vec(), &v);
-    }
-    fn vec(&mut self, name: String, a: &Array1<f32>) {
-        let v: Vec<f32> = a.iter().copied().collect();
-        self.push(name, vec![a.len()], &v);
-    }
-    fn linear(&mut self, p: &str, l: &Linear) {
-        self.mat(format!("{p}.weight"), &l.weight);
-        let zeros;
-        let b = match &l.bias {
-            Some(b) => b,
-            None => {
-                zeros = Array1::zeros(l.weight.nrows());
-                &zeros
-            }
+    fn mat(&mut self, name: String, m: &'a Array2<f32>) {
+        let data = match m.as_slice() {
+            Some(s) => Cow::Borrowed(s),
+            None => Cow::Owned(m.iter().copied().collect()),
         };
-        self.vec(format!("{p}.bias"), b);
+        self.push(name, m.shape().to_vec(), data);
     }
-    fn norm(&mut self, p: &str, n: &Option<LayerNorm>) {
+    fn vec(&mut self, name: String, a: &'a Array1<f32>) {
+        let data = match a.as_slice() {
+            Some(s) => Cow::Borrowed(s),
+            None => Cow::Owned(a.to_vec()),
+        };
+        self.push(name, vec![a.len()], data);
+    }
+    fn linear(&mut self, p: &str, l: &'a Linear) {
+        self.mat(format!("{p}.weight"), &l.weight);
+        match &l.bias {
+            Some(b) => self.vec(format!("{p}.bias"), b),
+            None => {
+                let n = l.weight.nrows();
+                self.push(format!("{p}.bias"), vec![n], Cow::Owned(vec![0.0; n]))
+            }
+        }
+    }
+    fn norm(&mut self, p: &str, n: &'a Option<LayerNorm>) {
         if let Some(n) = n {
             self.vec(format!("{p}.weight"), &n.gamma);
             self.vec(format!("{p}.bias"), &n.beta);
         }
     }
-    fn attention(&mut self, p: &str, a: &Attention) {
+    fn attention(&mut self, p: &str, a: &'a Attention) {
         // fairseq 0.12 MultiheadAttention registers k, v, q, out in this order.
         self.linear(&format!("{p}.k_proj"), &a.k);
         self.linear(&format!("{p}.v_proj"), &a.v);
         self.linear(&format!("{p}.q_proj"), &a.q);
         self.linear(&format!("{p}.out_proj"), &a.out);
     }
-    fn embedding(&mut self, stack: &str, e: &Embedding) {
+    fn embedding(&mut self, stack: &str, e: &'a Embedding) {
         self.mat(format!("{stack}.embed_tokens.weight"), &e.tokens);
         if let Positions::Learned(t) = &e.positions {
             self.mat(format!("{stack}.embed_positions.weight"), t);
         }
         self.norm(&format!("{stack}.layernorm_embedding"), &e.layernorm);
     }
+    fn version(&mut self, stack: &str) {
+        self.push(format!("{stack}.version"), vec![1], Cow::Owned(vec![3.0]));
+    }
 }
 
-/// The model's weights under fairseq 0.12 names, in `dtype` (f32/f16/bf16).
+/// The model's weights under fairseq 0.12 names, in `state_dict()` order,
+/// borrowed (no copy): what [`state_dict`] converts and what
+/// [`super::safetensors::write_entries`] streams to a file.
 /// Residual scales must have been folded first (they have no fairseq name).
-pub fn state_dict(m: &Model, dtype: DType) -> StateDict {
+pub fn entries(m: &Model) -> Vec<Entry<'_>> {
     let w = &m.weights;
-    let mut b = Builder {
-        dtype,
-        out: Vec::new(),
-        stats: CastStats::default(),
-    };
-    b.push("encoder.version".into(), vec![1], &[3.0]);
+    let mut b = Builder { out: Vec::new() };
+    b.version("encoder");
     b.embedding("encoder", &w.encoder_embed);
     for (i, l) in w.encoder_layers.iter().enumerate() {
         let p = format!("encoder.layers.{i}");
@@ -92,7 +102,7 @@ pub fn state_dict(m: &Model, dtype: DType) -> StateDict {
         b.norm(&format!("{p}.final_layer_norm"), &l.ffn.norm);
     }
     b.norm("encoder.layer_norm", &w.encoder_final_norm);
-    b.push("decoder.version".into(), vec![1], &[3.0]);
+    b.version("decoder");
     b.embedding("decoder", &w.decoder_embed);
     for (i, l) in w.decoder_layers.iter().enumerate() {
         let p = format!("decoder.layers.{i}");
@@ -109,10 +119,45 @@ pub fn state_dict(m: &Model, dtype: DType) -> StateDict {
         "decoder.output_projection.weight".into(),
         &w.output_projection,
     );
-    StateDict {
-        tensors: b.out,
-        stats: b.stats,
+    b.out
+}
+
+/// Elements converted at a time when counting or streaming (4 MB of f32).
+pub const CHUNK: usize = 1 << 20;
+
+/// What converting `entries` to `dtype` would lose (and the NaN / Inf they
+/// hold), counted a chunk at a time without a converted copy of the model.
+pub fn cast_stats(entries: &[Entry], dtype: DType) -> CastStats {
+    let mut stats = CastStats::default();
+    for e in entries {
+        for c in e.data.chunks(CHUNK) {
+            let st = if dtype == DType::F32 {
+                let mut st = CastStats::default();
+                st.nan = c.iter().filter(|x| x.is_nan()).count();
+                st.inf = c.iter().filter(|x| x.is_infinite()).count();
+                st
+            } else {
+                cast::from_f32(dtype, vec![c.len()], c).1
+            };
+            stats.add(&st);
+        }
     }
+    stats
+}
+
+/// The model's weights under fairseq 0.12 names, in `dtype` (f32/f16/bf16):
+/// [`entries`] converted, a full copy (streaming writers use [`entries`]).
+pub fn state_dict(m: &Model, dtype: DType) -> StateDict {
+    let mut stats = CastStats::default();
+    let tensors = entries(m)
+        .into_iter()
+        .map(|e| {
+            let (t, st) = cast::from_f32(dtype, e.shape, &e.data);
+            stats.add(&st);
+            (e.name, t)
+        })
+        .collect();
+    StateDict { tensors, stats }
 }
 
 /// fairseq model arguments that rebuild `m` with `--arch transformer`.

@@ -13,7 +13,7 @@ pub mod torch;
 
 use anyhow::{Context, Result};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Write `path` atomically: `fill` writes into a temp file in the same
 /// directory, which is synced and renamed over `path` only on success.
@@ -21,6 +21,23 @@ pub fn atomic_write(
     path: &Path,
     fill: impl FnOnce(&mut std::io::BufWriter<&mut std::fs::File>) -> Result<()>,
 ) -> Result<()> {
+    write_pending(path, fill)?.commit()
+}
+
+/// An output written to a temporary file beside its destination but not in
+/// place yet: [`Pending::commit`] renames it there, dropping it deletes it.
+/// `fold` writes its output before the folded model's self-check (the model
+/// can then be freed) and commits only when the check passes.
+pub struct Pending {
+    path: PathBuf,
+    tmp: tempfile::NamedTempFile,
+}
+
+/// The first half of [`atomic_write`]: `fill` writes the temp file.
+pub fn write_pending(
+    path: &Path,
+    fill: impl FnOnce(&mut std::io::BufWriter<&mut std::fs::File>) -> Result<()>,
+) -> Result<Pending> {
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -36,27 +53,43 @@ pub fn atomic_write(
         w.flush()
             .with_context(|| format!("{}: write failed", path.display()))?;
     }
-    tmp.as_file()
-        .sync_all()
-        .with_context(|| format!("{}: sync failed", path.display()))?;
-    // Temporary files are created rw------- ; give the output the permissions of
-    // the file it replaces, else rw-rw-rw- under the umask (usually rw-r--r--).
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(path)
-            .ok()
-            .filter(|m| m.is_file())
-            .map(|m| m.permissions().mode() & 0o777)
-            .unwrap_or_else(file_mode);
-        let _ = tmp
-            .as_file()
-            .set_permissions(std::fs::Permissions::from_mode(mode));
+    Ok(Pending {
+        path: path.to_path_buf(),
+        tmp,
+    })
+}
+
+impl Pending {
+    /// The temp file, for a last patch before [`Pending::commit`].
+    pub fn file(&self) -> &std::fs::File {
+        self.tmp.as_file()
     }
-    tmp.persist(path)
-        .map_err(|e| e.error)
-        .with_context(|| format!("{}: cannot move the output into place", path.display()))?;
-    Ok(())
+
+    /// Sync the temp file and rename it over the destination.
+    pub fn commit(self) -> Result<()> {
+        let (path, tmp) = (self.path, self.tmp);
+        tmp.as_file()
+            .sync_all()
+            .with_context(|| format!("{}: sync failed", path.display()))?;
+        // Temporary files are created rw------- ; give the output the permissions of
+        // the file it replaces, else rw-rw-rw- under the umask (usually rw-r--r--).
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path)
+                .ok()
+                .filter(|m| m.is_file())
+                .map(|m| m.permissions().mode() & 0o777)
+                .unwrap_or_else(file_mode);
+            let _ = tmp
+                .as_file()
+                .set_permissions(std::fs::Permissions::from_mode(mode));
+        }
+        tmp.persist(&path)
+            .map_err(|e| e.error)
+            .with_context(|| format!("{}: cannot move the output into place", path.display()))?;
+        Ok(())
+    }
 }
 
 /// The mode a new file gets: 0666 under the process umask (0644 with the

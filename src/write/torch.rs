@@ -4,7 +4,6 @@
 //! per storage (tensors sharing bytes share a storage). [`Carried`] is the rest of a fairseq
 //! checkpoint (`args`, `cfg`, `extra_state`, ...) carried over from an input.
 
-use super::atomic_write;
 use crate::read::pickle::Value;
 use crate::read::torch::TensorRef;
 use crate::read::{Checkpoint, HValue, Hparams};
@@ -486,8 +485,13 @@ pub fn pickle(obj: &Py) -> (Vec<u8>, Vec<RawTensor>) {
 
 /// Write `obj` to `path` as a torch zip checkpoint, atomically.
 pub fn write(path: &Path, obj: &Py) -> Result<()> {
+    write_pending(path, obj)?.commit()
+}
+
+/// [`write`] to a temp file beside `path`, put in place by [`super::Pending::commit`].
+pub fn write_pending(path: &Path, obj: &Py) -> Result<super::Pending> {
     let (pkl, storages) = pickle(obj);
-    atomic_write(path, |w| {
+    super::write_pending(path, |w| {
         use zip::write::SimpleFileOptions;
         let mut zip = zip::ZipWriter::new(w);
         let opts = |len: usize| {

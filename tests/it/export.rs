@@ -840,7 +840,6 @@ fn written_graphs_load_and_pass_the_onnx_checker() {
     let opts = ExportOptions {
         fp16: true,
         dictionaries: Some(("a 1\nb 1\n".into(), "c 1\n".into())),
-        external_data: false,
     };
     let dir = tempfile::tempdir().unwrap();
     let written = export::write_dir(&m, &opts, dir.path()).unwrap();
@@ -861,37 +860,179 @@ fn written_graphs_load_and_pass_the_onnx_checker() {
     onnx_check(&written);
 }
 
-#[test]
-fn external_data_round_trips() {
-    let v = &variants()[0];
-    let m = make_model(v, 600);
-    let (src, prev) = batch(17, &SRC_LENS, &TGT_LENS, v.src_vocab, v.tgt_vocab);
-    let (_, r_lp) = reference(&m, &src, &prev);
-    let opts = ExportOptions {
-        external_data: true,
-        ..Default::default()
+/// The float32 weight bytes of `m`, each table once (shared embeddings and
+/// a tied output projection are one tensor in the checkpoint).
+fn weight_bytes(m: &Model) -> u64 {
+    let sd = admin_convert::write::fairseq::state_dict(m, admin_convert::tensor::DType::F32);
+    let w = &m.weights;
+    let shared = |name: &str| match name {
+        "decoder.embed_tokens.weight" => w.decoder_embed.tokens == w.encoder_embed.tokens,
+        "decoder.output_projection.weight" => w.output_projection == w.decoder_embed.tokens,
+        _ => name.ends_with("version"),
     };
-    let dir = tempfile::tempdir().unwrap();
-    let written = export::write_dir(&m, &opts, dir.path()).unwrap();
-    assert!(written
+    sd.tensors
         .iter()
-        .any(|p| p.to_string_lossy().ends_with("encoder.onnx.data")));
-    let onnx_size = std::fs::metadata(dir.path().join("encoder.onnx"))
-        .unwrap()
-        .len();
-    assert!(
-        onnx_size < 16 * 1024,
-        "weights should be external, file is {onnx_size} bytes"
-    );
-    let mut t = TractBackend::new(GraphSource::Dir(dir.path().into(), Precision::Fp32)).unwrap();
-    let (_, full, _) = run_all(&mut t, &src, &prev);
-    assert!(max_abs_diff(&full, &r_lp) <= crate::tol::LOGPROB32);
-    if let Some(lib) = ort_library() {
-        let mut o = ort_backend(GraphSource::Dir(dir.path().into(), Precision::Fp32), &lib);
-        let (_, full, _) = run_all(&mut o, &src, &prev);
-        assert!(max_abs_diff(&full, &r_lp) <= crate::tol::LOGPROB32);
+        .filter(|(name, _)| !shared(name))
+        .map(|(_, t)| t.nbytes() as u64)
+        .sum()
+}
+
+/// Name → (location, offset, length) of every external initializer of the
+/// graph at `path`, and its inline initializer bytes.
+fn external_refs(path: &Path) -> (Vec<(String, String, u64, u64)>, usize) {
+    use prost::Message;
+    let bytes = std::fs::read(path).unwrap();
+    let model = tract_onnx::pb::ModelProto::decode(bytes.as_slice()).unwrap();
+    let g = model.graph.unwrap();
+    let inline = g.initializer.iter().map(|t| t.raw_data.len()).sum();
+    let refs = g
+        .initializer
+        .iter()
+        .filter(|t| !t.external_data.is_empty())
+        .map(|t| {
+            let get = |k: &str| {
+                t.external_data
+                    .iter()
+                    .find(|e| e.key == k)
+                    .map(|e| e.value.clone())
+                    .unwrap()
+            };
+            let (off, len) = (get("offset"), get("length"));
+            (
+                t.name.clone(),
+                get("location"),
+                off.parse().unwrap(),
+                len.parse().unwrap(),
+            )
+        })
+        .collect();
+    (refs, inline)
+}
+
+/// A directory holds each weight once, in one data file per precision that
+/// all three graphs refer to (a tied projection reads the decoder table
+/// itself); its size follows the model's weight bytes; tract and
+/// onnxruntime load it and compute exactly what the in-memory graphs
+/// (inline weights) compute.
+#[test]
+fn graphs_share_one_weights_file() {
+    for (v, seed) in [
+        (
+            Variant {
+                d: 64,
+                src_vocab: 300,
+                tgt_vocab: 300,
+                ..base()
+            },
+            600,
+        ),
+        (variants()[2].clone(), 601),
+    ] {
+        let m = make_model(&v, seed);
+        let (src, prev) = batch(17, &SRC_LENS, &TGT_LENS, v.src_vocab, v.tgt_vocab);
+        let opts = ExportOptions {
+            fp16: true,
+            ..Default::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let written = export::write_dir(&m, &opts, dir.path()).unwrap();
+        let mut names: Vec<String> = written
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "decoder.onnx",
+                "decoder_fp16.onnx",
+                "decoder_full.onnx",
+                "decoder_full_fp16.onnx",
+                "encoder.onnx",
+                "encoder_fp16.onnx",
+                "weights.onnx.data",
+                "weights_fp16.onnx.data"
+            ]
+        );
+        for p in [Precision::Fp32, Precision::Fp16] {
+            check_data_file(dir.path(), p, &m, v.name);
+        }
+        let w = weight_bytes(&m);
+        let total: u64 = written
+            .iter()
+            .filter(|p| !p.to_string_lossy().contains("fp16"))
+            .map(|p| std::fs::metadata(p).unwrap().len())
+            .sum();
+        // 1.1 × the weights, plus the graph structures (~20 kB each here).
+        let bound = w + w / 10 + 3 * 32 * 1024;
+        assert!(
+            total <= bound,
+            "{}: fp32 export {total} bytes, weights {w} bytes, bound {bound}",
+            v.name
+        );
+
+        let mem = Arc::new(export::export(&m, Precision::Fp32, &ExportOptions::default()).unwrap());
+        let disk = || GraphSource::Dir(dir.path().into(), Precision::Fp32);
+        let mut a = TractBackend::new(GraphSource::Memory(mem.clone())).unwrap();
+        let mut b = TractBackend::new(disk()).unwrap();
+        assert_eq!(run_all(&mut a, &src, &prev), run_all(&mut b, &src, &prev));
+        if let Some(lib) = ort_library() {
+            let mut a = ort_backend(GraphSource::Memory(mem), &lib);
+            let mut b = ort_backend(disk(), &lib);
+            assert_eq!(run_all(&mut a, &src, &prev), run_all(&mut b, &src, &prev));
+        }
+        onnx_check(&written);
     }
-    onnx_check(&written);
+}
+
+/// The three graphs of `precision` in `dir` refer to one data file with
+/// every name at one place, places disjoint and inside the file, no inline
+/// weights, and the tied tables under one name.
+fn check_data_file(dir: &Path, precision: Precision, m: &Model, what: &str) {
+    let data = dir.join(precision.data_file_name());
+    let size = std::fs::metadata(&data).unwrap().len();
+    let mut at: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    for k in GraphKind::ALL {
+        let (refs, inline) = external_refs(&dir.join(k.file_name(precision)));
+        assert!(
+            inline < 1024,
+            "{what}: {} inline weight bytes in {k:?}",
+            inline
+        );
+        for (name, location, off, len) in refs {
+            assert_eq!(location, precision.data_file_name());
+            assert!(
+                off + len <= size,
+                "{what}: {name} beyond the data file's end"
+            );
+            let prev = at.insert(name.clone(), (off, len));
+            assert!(
+                prev.is_none_or(|p| p == (off, len)),
+                "{what}: {name} stored twice"
+            );
+        }
+    }
+    let mut spans: Vec<(u64, u64)> = at.values().copied().collect();
+    spans.sort();
+    for pair in spans.windows(2) {
+        assert!(
+            pair[0].0 + pair[0].1 <= pair[1].0,
+            "{what}: overlapping tensors"
+        );
+    }
+    let w = &m.weights;
+    let tied = w.output_projection == w.decoder_embed.tokens;
+    assert_eq!(
+        !tied,
+        at.contains_key("decoder.output_projection.weight"),
+        "{what}"
+    );
+    let shared = w.decoder_embed.tokens == w.encoder_embed.tokens;
+    assert_eq!(
+        !shared,
+        at.contains_key("decoder.embed_tokens.weight"),
+        "{what}"
+    );
 }
 
 #[test]
