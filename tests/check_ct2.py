@@ -8,8 +8,17 @@ GENERATE_TXT: fairseq-generate output run with --remove-bpe (H-<id> lines).
 Sources go in as plain BPE tokens: no `</s>` added by hand (config.json
 asks CTranslate2 to append it and to start the decoder from `</s>`).
 Prints one JSON line: {"agree": n, "total": n, "mismatches": [...],
-"max_score_diff": x} (scores compared in nats when the generate file is
-in base 2, as fairseq 0.12 prints them).
+"max_score_diff": x, "max_forced_score_diff": y} (scores compared in nats
+when the generate file is in base 2, as fairseq 0.12 prints them).
+`max_score_diff` compares CTranslate2's beam-search scores (hypotheses cut at
+the 200-token limit left out: fairseq scores the EOS it forces there,
+CTranslate2 adds none); `max_forced_score_diff`
+rescores the same hypotheses with CTranslate2's own teacher forcing
+(`score_batch`: sum of token log-probs, EOS included, / len^lenpen as
+fairseq), which checks the exported model itself: CTranslate2's
+beam-search score of a hypothesis can differ from its own teacher-forced
+score of the same tokens (admin-rezero-postln-fairseq08, lenpen 0.6:
+beam scores within 2.7e-3 nats of fairseq's, teacher-forced within 1.2e-6).
 """
 import argparse
 import json
@@ -57,6 +66,7 @@ def main():
         max_batch_size=64,
     )
     agree, mismatches, max_diff = 0, [], 0.0
+    agreed = []
     for i, r in enumerate(out):
         hyp = remove_bpe(r.hypotheses[0])
         score, text = ref[i]
@@ -64,11 +74,22 @@ def main():
             score *= math.log(2)
         if hyp == text:
             agree += 1
-            max_diff = max(max_diff, abs(r.scores[0] - score))
+            agreed.append((i, r.hypotheses[0], score))
+            # At the length limit fairseq forces an EOS (and scores it);
+            # CTranslate2 stops without one: only the forced score compares.
+            if len(r.hypotheses[0]) < 200:
+                max_diff = max(max_diff, abs(r.scores[0] - score))
         else:
             mismatches.append({"id": i, "ct2": hyp, "fairseq": text, "ct2_score": r.scores[0], "fairseq_score": score})
+    forced = tr.score_batch([sources[i] for i, _, _ in agreed], [h for _, h, _ in agreed],
+                            max_batch_size=64) if agreed else []
+    max_forced = 0.0
+    for (i, _, score), f in zip(agreed, forced):
+        lp = f.log_probs  # the hypothesis tokens and EOS
+        max_forced = max(max_forced, abs(sum(lp) / len(lp) ** args.lenpen - score))
     report = {"ctranslate2": ctranslate2.__version__, "agree": agree, "total": len(out),
-              "max_score_diff": max_diff, "mismatches": mismatches[:5]}
+              "max_score_diff": max_diff, "max_forced_score_diff": max_forced,
+              "mismatches": mismatches[:5]}
     if args.ref_text:
         import sacrebleu
         with open(args.ref_text, encoding="utf-8") as f:

@@ -15,6 +15,10 @@ use tract_onnx::pb;
 
 pub type V = String;
 
+/// Names of the graph's own small constants (always inline: numbered per
+/// graph, so equal names in two graphs may hold different values).
+pub const CONST_PREFIX: &str = "const_";
+
 pub struct Graph<'s> {
     name: String,
     store: &'s mut WeightStore,
@@ -120,7 +124,7 @@ impl<'s> Graph<'s> {
         if let Some(n) = self.consts.get(&key) {
             return n.clone();
         }
-        let name = self.fresh("const_i64");
+        let name = self.fresh(&format!("{CONST_PREFIX}i64"));
         self.initializers.push(onnx::tensor_i64(&name, dims, v));
         self.consts.insert(key, name.clone());
         name
@@ -132,7 +136,7 @@ impl<'s> Graph<'s> {
         if let Some(n) = self.consts.get(&key) {
             return n.clone();
         }
-        let name = self.fresh("const_i32");
+        let name = self.fresh(&format!("{CONST_PREFIX}i32"));
         self.initializers.push(onnx::tensor_i32(&name, &[], &[v]));
         self.consts.insert(key, name.clone());
         name
@@ -144,7 +148,7 @@ impl<'s> Graph<'s> {
         if let Some(n) = self.consts.get(&key) {
             return n.clone();
         }
-        let name = self.fresh("const_f");
+        let name = self.fresh(&format!("{CONST_PREFIX}f"));
         self.initializers
             .push(onnx::tensor_f32(&name, &[], &[v], elem));
         self.consts.insert(key, name.clone());

@@ -369,10 +369,10 @@ impl DataFile {
     }
 
     /// Moves the inline weight `t` into the file (a name already stored is
-    /// referenced again); the small constants of a graph (under 1 KiB)
-    /// stay inline.
+    /// referenced again); the graph's own constants
+    /// ([`CONST_PREFIX`](super::graph::CONST_PREFIX)) stay inline.
     pub fn externalize(&mut self, t: &mut TensorProto) {
-        if t.raw_data.len() < 1024 {
+        if t.name.starts_with(super::graph::CONST_PREFIX) || t.raw_data.is_empty() {
             return;
         }
         if let Some(stored) = self.stored.get(&t.name) {
@@ -467,5 +467,53 @@ fn entry(k: &str, v: &str) -> pb::StringStringEntryProto {
     pb::StringStringEntryProto {
         key: k.into(),
         value: v.into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn place(t: &TensorProto) -> (String, String) {
+        let get = |k: &str| {
+            let e = t.external_data.iter().find(|e| e.key == k).unwrap();
+            e.value.clone()
+        };
+        (get("offset"), get("length"))
+    }
+
+    #[test]
+    fn data_file_stores_each_name_once_aligned_and_converted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.onnx.data");
+        let mut f = DataFile::create(&path).unwrap();
+        let small = [1.0f32, -2.0, 0.5];
+        let big = vec![0.25f32; 2048];
+        let a = f.tensor("a", &[3], Elem::F32, || Cow::Borrowed(&small[..]));
+        let b = f.tensor("b", &[2048], Elem::F16, || Cow::Borrowed(&big[..]));
+        let again = f.tensor("a", &[3], Elem::F32, || panic!("stored already"));
+        assert_eq!(place(&a), ("0".into(), "12".into()));
+        assert_eq!(place(&b), ("4096".into(), "4096".into()));
+        assert_eq!(again, a);
+        assert_eq!(f.finish().unwrap(), path);
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len(), 8192);
+        assert_eq!(&bytes[..4], &1.0f32.to_le_bytes());
+        assert_eq!(&bytes[4096..4098], &f16::from_f32(0.25).to_le_bytes());
+    }
+
+    #[test]
+    fn a_name_reused_with_another_shape_fails_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.onnx.data");
+        let mut f = DataFile::create(&path).unwrap();
+        f.tensor("a", &[2], Elem::F32, || Cow::Owned(vec![1.0, 2.0]));
+        f.tensor("a", &[1, 2], Elem::F32, || Cow::Owned(vec![1.0, 2.0]));
+        let e = f.finish().unwrap_err();
+        assert!(
+            format!("{e:#}").contains("initializer a stored twice"),
+            "{e:#}"
+        );
+        assert!(!path.exists());
     }
 }

@@ -31,7 +31,8 @@ pub enum Family {
     AdminTorchVector,
     /// DeepNet / DeepNorm: `LN(α·x + F(x))`, α from the layer counts.
     DeepNet,
-    /// ReZero: `x + a·F(x)`, no LayerNorm.
+    /// ReZero: `x + a·F(x)`, no LayerNorm; the fork's `rezero_postln`
+    /// keeps Post-LN: `LN(x + a·F(x))`.
     ReZero,
     /// No LayerNorm and no scales (e.g. T-Fixup).
     LayerNormFree,
@@ -64,7 +65,7 @@ impl Family {
             Family::AdminTorchScalar => "admin-torch: LN(x*w + F(x)), constant scalar w",
             Family::AdminTorchVector => "admin-torch: LN(x*w + F(x)), trained vector w",
             Family::DeepNet => "DeepNet: LN(a*x + F(x)), a from the layer counts",
-            Family::ReZero => "ReZero: x + a*F(x), no LayerNorm",
+            Family::ReZero => "ReZero: x + a*F(x), no LayerNorm (or LN(x + a*F(x)): rezero_postln)",
             Family::LayerNormFree => "LayerNorm-free residual Transformer",
         }
     }

@@ -210,7 +210,11 @@ fn fold_in_place(m: &mut Model, mode: FoldMode, summary: &mut FoldSummary) {
     if matches!(w.decoder_embed.positions, Positions::Learned(_)) {
         m.config.decoder_learned_pos = true;
     }
+    let all_norms = m.weights.sublayers().iter().all(|s| s.norm.is_some());
     m.family = match m.family {
+        // The fork's `rezero_postln`: LayerNorms kept, only the gates folded.
+        Family::ReZero if all_norms && m.config.encoder_normalize_before => Family::PreLn,
+        Family::ReZero if all_norms => Family::PostLn,
         Family::ReZero => {
             summary.notes.push(
                 "ReZero has no LayerNorm: the result is a LayerNorm-free residual Transformer, which stock fairseq cannot build"

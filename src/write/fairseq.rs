@@ -132,10 +132,11 @@ pub fn cast_stats(entries: &[Entry], dtype: DType) -> CastStats {
     for e in entries {
         for c in e.data.chunks(CHUNK) {
             let st = if dtype == DType::F32 {
-                let mut st = CastStats::default();
-                st.nan = c.iter().filter(|x| x.is_nan()).count();
-                st.inf = c.iter().filter(|x| x.is_infinite()).count();
-                st
+                CastStats {
+                    nan: c.iter().filter(|x| x.is_nan()).count(),
+                    inf: c.iter().filter(|x| x.is_infinite()).count(),
+                    ..Default::default()
+                }
             } else {
                 cast::from_f32(dtype, vec![c.len()], c).1
             };

@@ -97,6 +97,16 @@ const FAMILIES: &[Family] = &[
             ("generate-best.beam1.txt", 1, 0.6, false),
         ],
     },
+    // The fork's `--init-type rezero_postln`: folds to a Post-LN model.
+    Family {
+        ckpt: "admin-rezero-postln-fairseq08",
+        dicts: "data-bin-fairseq08",
+        refs: &[
+            ("generate-best.txt", 4, 0.6, false),
+            ("generate-best.lenpen1.txt", 4, 1.0, false),
+            ("generate-best.beam1.txt", 1, 0.6, false),
+        ],
+    },
     Family {
         ckpt: "postln-fairseq012",
         dicts: "data-bin",
@@ -171,9 +181,20 @@ fn ct2_export_decodes_like_fairseq_generate_for_every_family() {
             eprintln!("{} {} (beam {}, lenpen {}): {rep}", f.ckpt, r.0, r.1, r.2);
             assert_eq!(rep["agree"], rep["total"], "{} {}: {rep}", f.ckpt, r.0);
             assert_eq!(rep["total"], 200);
-            // Scores of equal hypotheses agree to float32 accumulation error.
+            // The same hypotheses rescored by CTranslate2's teacher forcing:
+            // fairseq's scores to float32 accumulation error.
+            let forced = rep["max_forced_score_diff"].as_f64().expect("number");
+            assert!(
+                forced < 1e-4,
+                "{} {}: forced score diff {forced}",
+                f.ckpt,
+                r.0
+            );
+            // CTranslate2's beam-search scores are looser than its own
+            // teacher forcing of the same tokens (2.7e-3 on
+            // admin-rezero-postln-fairseq08 sentence 86, lenpen 0.6).
             let diff = rep["max_score_diff"].as_f64().expect("number");
-            assert!(diff < 2e-3, "{} {}: score diff {diff}", f.ckpt, r.0);
+            assert!(diff < 5e-3, "{} {}: score diff {diff}", f.ckpt, r.0);
         }
     }
 }

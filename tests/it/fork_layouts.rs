@@ -1,7 +1,8 @@
 //! The Admin authors' fork's own layouts (fixtures/admin-deepnet-fairseq08/,
 //! fixtures/admin-rezero-fairseq08/, read their NOTES.md): DeepNet with bare
 //! `q/k/v_proj_weight` + fused `in_proj_bias` and α derived from the layer
-//! counts, ReZero with one `rezero_weight` per layer and no LayerNorm.
+//! counts, ReZero with one `rezero_weight` per layer and no LayerNorm, and
+//! ReZero with Post-LN kept (fixtures/admin-rezero-postln-fairseq08/).
 //! Every command against what the fork itself printed or wrote.
 
 use crate::average::assert_bit_identical;
@@ -12,6 +13,7 @@ use std::path::{Path, PathBuf};
 
 const DEEPNET: &str = "admin-deepnet-fairseq08";
 const REZERO: &str = "admin-rezero-fairseq08";
+const REZERO_POSTLN: &str = "admin-rezero-postln-fairseq08";
 
 /// The fixture folder and the data-bin its decodes used.
 fn data_of(dir: &str) -> &'static str {
@@ -348,4 +350,69 @@ fn separate_dictionaries_are_paired_by_language_never_alphabetically() {
         let o = run(&args);
         assert_one_line_error(&o, "wrong dictionary?");
     }
+}
+
+/// The fork's `--init-type rezero_postln` (commit 287abc5): LayerNorms kept
+/// and one gate per layer, `LN(x + a·F(x))`. Recognised as ReZero with
+/// LayerNorms, decoded like the fork's generate (beam 4 / 1, lenpen 0.6 / 1),
+/// folded (gates into the output projections) to a plain Post-LN model
+/// that decodes the same and scores the references like the fork.
+#[test]
+fn rezero_postln_decodes_like_the_fork_and_folds_to_post_ln() {
+    let ckpt = fixture(&format!("{REZERO_POSTLN}/checkpoint_best.pt"));
+    let j = inspect_json(&ckpt, &[]);
+    assert_eq!(j["family"], "re-zero");
+    assert_eq!(j["init_type"], "rezero_postln");
+    let scales = j["scales"].as_array().expect("scales");
+    assert_eq!(scales.len(), 2 * 2 + 2 * 3);
+    assert!(scales.iter().all(|s| s["kind"] == "gate"), "{j}");
+    let data = fixture("data-bin-fairseq08");
+    for (want, beam, lenpen) in [
+        ("generate-best.txt", "4", "0.6"),
+        ("generate-best.lenpen1.txt", "4", "1"),
+        ("generate-best.beam1.txt", "1", "0.6"),
+    ] {
+        let expect = fixture(&format!("{REZERO_POSTLN}/{want}"));
+        let (out, summary) = ok_both(&[
+            "eval",
+            s(&ckpt),
+            "--data",
+            s(&data),
+            "--beam",
+            beam,
+            "--lenpen",
+            lenpen,
+            "--batch-size",
+            "64",
+            "--remove-bpe",
+            "--fairseq-format",
+            "--expect-fairseq",
+            s(&expect),
+        ]);
+        assert_same_as_fairseq(&out, &format!("{REZERO_POSTLN}/{want}"));
+        assert!(
+            format!("{out}{summary}").contains("200/200 hypotheses identical"),
+            "{want}: {summary}"
+        );
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("folded.safetensors");
+    let v = fold_json(&ckpt, &out, &["--data", s(&data)]);
+    assert_eq!(v["fold"]["from"], "re-zero", "{v}");
+    assert_eq!(v["fold"]["to"], "post-ln", "{v}");
+    let diff = v["max_abs_diff"].as_f64().expect("diff");
+    eprintln!("rezero_postln: fold max |Δ log-prob| = {diff:e}");
+    assert!(diff <= 1e-4, "max |Δ log-prob| {diff}");
+    let j = inspect_json(&out, &[]);
+    assert_eq!(j["family"], "post-ln");
+    assert!(j["scales"].as_array().is_none_or(|a| a.is_empty()), "{j}");
+    let got = eval_fork_flags(&out, &data, &[]);
+    assert_same_as_fairseq(&got, &format!("{REZERO_POSTLN}/generate-best.txt"));
+    check_score_reference(
+        s(&out),
+        "data-bin-fairseq08",
+        &format!("{REZERO_POSTLN}/score-reference.txt"),
+        false,
+        &[],
+    );
 }
