@@ -135,7 +135,7 @@ pub fn cast_stats(entries: &[Entry], dtype: DType) -> CastStats {
                 CastStats {
                     nan: c.iter().filter(|x| x.is_nan()).count(),
                     inf: c.iter().filter(|x| x.is_infinite()).count(),
-                    ..Default::default()
+                    ..CastStats::default()
                 }
             } else {
                 cast::from_f32(dtype, vec![c.len()], c).1
