@@ -74,11 +74,10 @@ impl RowBest {
     /// order). NaN is never kept (the caller's normaliser turns the whole
     /// row into NaN then, and the bound says so).
     #[inline]
-    #[allow(clippy::neg_cmp_op_on_partial_ord)] // `!(a > b)` is true for NaN, on purpose
     pub(crate) fn offer(&mut self, value: f32, index: u32) {
         if self.best.len() == self.keep {
             // Not NaN, and strictly better than the worst kept.
-            if !(value > self.best[self.keep - 1].0) {
+            if value.is_nan() || value <= self.best[self.keep - 1].0 {
                 return;
             }
             self.best.pop();

@@ -582,6 +582,31 @@ pub(crate) struct TopScratch {
     best: Vec<RowBest>,
 }
 
+super::multiversion! {
+/// Offers `row` (columns `c0..`) but the `always` tokens to `best`, in
+/// increasing index order; chunks of 16 whose maximum is at or below the
+/// best's floor are skipped without a look at each value.
+fn scan(row: &[f32], c0: usize, always: &[usize], best: &mut RowBest) -> () {
+    let mut floor = best.floor();
+    for (ci, chunk) in row.chunks(16).enumerate() {
+        let mut m = f32::NEG_INFINITY;
+        for &v in chunk {
+            m = if v > m { v } else { m };
+        }
+        if m <= floor {
+            continue;
+        }
+        for (j, &val) in chunk.iter().enumerate() {
+            let v = c0 + ci * 16 + j;
+            if val > floor && always.binary_search(&v).is_err() {
+                best.offer(val, v as u32);
+                floor = best.floor();
+            }
+        }
+    }
+}
+}
+
 /// The output projection of `x` (`[n, d]`) in column tiles of
 /// [`LOGIT_TILE`], each tile's log-softmax statistics and every row's best
 /// tokens, then per row: the `always` tokens' and the best tokens'
@@ -620,14 +645,7 @@ fn top_head(
                     s.always[i * na + a] = row[tok - c0];
                 }
             }
-            let best = &mut s.best[i];
-            let mut floor = best.floor();
-            for (v, &val) in row.iter().enumerate() {
-                if val > floor && req.always.binary_search(&(c0 + v)).is_err() {
-                    best.offer(val, (c0 + v) as u32);
-                    floor = best.floor();
-                }
-            }
+            scan(row, c0, &req.always, &mut s.best[i]);
         }
     }
     for i in 0..n {

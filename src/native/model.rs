@@ -630,6 +630,54 @@ pub(crate) fn attend_heads<'a>(
     probs: &mut Vec<f32>,
     out: &mut [f32],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        /// [`attend_body`] compiled for AVX-512F / AVX2 (same operations,
+        /// same bits, wider vectors).
+        #[target_feature(enable = "avx512f")]
+        unsafe fn v512<'a>(
+            q: &[f32],
+            heads: usize,
+            n: usize,
+            key: impl Fn(usize) -> &'a [f32],
+            value: impl Fn(usize) -> &'a [f32],
+            probs: &mut Vec<f32>,
+            out: &mut [f32],
+        ) {
+            attend_body(q, heads, n, key, value, probs, out)
+        }
+        #[target_feature(enable = "avx2")]
+        unsafe fn v256<'a>(
+            q: &[f32],
+            heads: usize,
+            n: usize,
+            key: impl Fn(usize) -> &'a [f32],
+            value: impl Fn(usize) -> &'a [f32],
+            probs: &mut Vec<f32>,
+            out: &mut [f32],
+        ) {
+            attend_body(q, heads, n, key, value, probs, out)
+        }
+        match super::simd_level() {
+            // SAFETY: simd_level() says the CPU has the feature.
+            2 => return unsafe { v512(q, heads, n, key, value, probs, out) },
+            1 => return unsafe { v256(q, heads, n, key, value, probs, out) },
+            _ => {}
+        }
+    }
+    attend_body(q, heads, n, key, value, probs, out)
+}
+
+#[inline(always)]
+fn attend_body<'a>(
+    q: &[f32],
+    heads: usize,
+    n: usize,
+    key: impl Fn(usize) -> &'a [f32],
+    value: impl Fn(usize) -> &'a [f32],
+    probs: &mut Vec<f32>,
+    out: &mut [f32],
+) {
     let hd = q.len() / heads;
     probs.clear();
     probs.resize(heads * n, 0.0);
@@ -661,6 +709,7 @@ pub(crate) fn attend_heads<'a>(
     }
 }
 
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     // Eight partial sums: vectorisable, and the same order for every row.
     let mut acc = [0.0f32; 8];
@@ -710,8 +759,34 @@ pub(crate) fn tile_stats(tile: &[f32]) -> (f32, f32) {
 
 super::multiversion! {
 fn row_max(x: &[f32]) -> f32 {
-    x.iter().copied().fold(f32::NEG_INFINITY, f32::max)
+    lanes_max(x, |v| v, f32::NEG_INFINITY)
 }
+}
+
+super::multiversion! {
+/// `max |v|` over `x` (0 when empty), NaN ignored.
+pub(crate) fn abs_max(x: &[f32]) -> f32 {
+    lanes_max(x, f32::abs, 0.0)
+}
+}
+
+/// `max(init, f(v) for v in x)`, NaN ignored (as `f32::max` does), over 16
+/// lanes so that it vectorises (a `fold(f32::max)` does not).
+#[inline(always)]
+fn lanes_max(x: &[f32], f: impl Fn(f32) -> f32 + Copy, init: f32) -> f32 {
+    let mut acc = [init; 16];
+    let chunks = x.chunks_exact(16);
+    let mut m = chunks.remainder().iter().fold(init, |m, &v| m.max(f(v)));
+    for c in chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            let v = f(v);
+            *a = if v > *a { v } else { *a };
+        }
+    }
+    for a in acc {
+        m = m.max(a);
+    }
+    m
 }
 
 /// `x ← log_softmax(x)` per row of width `n`, normalised as [`normaliser`]
@@ -736,10 +811,14 @@ fn exp_sum(row: &[f32], max: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
     let exp = |v: f32| {
-        let x = (v - max).max(-87.0);
-        // round(y) for y ≤ 0 (half away from zero) without a libm call,
-        // so that the loop vectorises: trunc(y − 0.5), exact here.
-        let n = (x * std::f32::consts::LOG2_E - 0.5) as i32;
+        // Not clamp(): NaN must become −87 here.
+        #[allow(clippy::manual_clamp)]
+        let x = (v - max).max(-87.0).min(0.0);
+        // round(y) for y ≤ 0 (half away from zero) without a libm call or
+        // a saturating conversion, so that the loop vectorises:
+        // trunc(y − 0.5), exact here.
+        // SAFETY: y − 0.5 is in [−126, −0.5] (x is clamped, NaN to −87).
+        let n: i32 = unsafe { (x * std::f32::consts::LOG2_E - 0.5).to_int_unchecked() };
         let nf = n as f32;
         let r = x - nf * LN2_HI - nf * LN2_LO;
         let p = 1.0

@@ -53,7 +53,7 @@ super::multiversion! {
 /// Symmetric int8 quantization of `x` with scale `max|x| / 127`; returns
 /// the scale (1 for an all-zero row).
 pub fn quantize_row(x: &[f32], out: &mut [i8]) -> f32 {
-    let max = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let max = super::model::abs_max(x);
     let scale = if max > 0.0 && max.is_finite() {
         max / 127.0
     } else {
@@ -61,11 +61,18 @@ pub fn quantize_row(x: &[f32], out: &mut [i8]) -> f32 {
     };
     let inv = 1.0 / scale;
     for (o, &v) in out.iter_mut().zip(x) {
-        // round() (half away from zero) without a libm call, so that the
-        // loop vectorises: trunc(y ± 0.5) is exact for |y| ≤ 127.
+        // round() (half away from zero) then clamp to ±127, without a libm
+        // call or a saturating conversion, so that the loop vectorises:
+        // trunc(y ± 0.5) of the clamped value (NaN → 0 as before).
         let y = v * inv;
-        let r = (y + 0.5f32.copysign(y)) as i32;
-        *o = r.clamp(-127, 127) as i8;
+        let y = if y.is_nan() {
+            0.0
+        } else {
+            y.clamp(-127.0, 127.0)
+        };
+        // SAFETY: |y + 0.5| ≤ 127.5 fits an i32.
+        let r: i32 = unsafe { (y + 0.5f32.copysign(y)).to_int_unchecked() };
+        *o = r as i8;
     }
     scale
 }
@@ -149,39 +156,54 @@ impl QPacked {
         cols: Range<usize>,
         out: &mut [f32],
     ) {
-        let (k, k4) = (self.k, self.k4);
-        check_cols(&cols, self.n, NQ);
-        let w = cols.len();
-        assert!(x.len() >= m * k && out.len() >= m * w, "gemm operand sizes");
-        let mut xq = vec![0i8; m * k4];
-        let mut xs = vec![0f32; m];
-        for i in 0..m {
-            xs[i] = quantize_row(&x[i * k..(i + 1) * k], &mut xq[i * k4..i * k4 + k]);
-        }
-        let mut tile = [0i32; MQ * NQ];
-        for p in cols.start / NQ..cols.end.div_ceil(NQ) {
-            let b = &self.panels[p * k4 * NQ..][..k4 * NQ];
-            let cs = &self.colsum[p * NQ..][..NQ];
-            let width = NQ.min(cols.end - p * NQ);
-            let sw = &self.scales[p * NQ..][..width];
-            for i in (0..m).step_by(MQ) {
-                let mr = MQ.min(m - i);
-                kernel(mr, k4 / 4, &xq[i * k4..], k4, b, cs, &mut tile);
-                for r in 0..mr {
-                    let o = &mut out[(i + r) * w + p * NQ - cols.start..][..width];
-                    let sx = xs[i + r];
-                    for (c, o) in o.iter_mut().enumerate() {
-                        *o = tile[r * NQ + c] as f32 * (sx * sw[c]);
-                    }
-                    if let Some(bias) = &self.bias {
-                        for (o, b) in o.iter_mut().zip(&bias[p * NQ..]) {
-                            *o += b;
-                        }
+        q_forward(self, kernel, x, m, cols, out)
+    }
+}
+
+super::multiversion! {
+/// [`QPacked::forward_cols`] with `kernel`, the loops around the kernel
+/// (quantization, scales, bias) compiled for the widest vectors the CPU has.
+fn q_forward(
+    q: &QPacked,
+    kernel: QKernel,
+    x: &[f32],
+    m: usize,
+    cols: Range<usize>,
+    out: &mut [f32]
+) -> () {
+    let (k, k4) = (q.k, q.k4);
+    check_cols(&cols, q.n, NQ);
+    let w = cols.len();
+    assert!(x.len() >= m * k && out.len() >= m * w, "gemm operand sizes");
+    let mut xq = vec![0i8; m * k4];
+    let mut xs = vec![0f32; m];
+    for i in 0..m {
+        xs[i] = quantize_row(&x[i * k..(i + 1) * k], &mut xq[i * k4..i * k4 + k]);
+    }
+    let mut tile = [0i32; MQ * NQ];
+    for p in cols.start / NQ..cols.end.div_ceil(NQ) {
+        let b = &q.panels[p * k4 * NQ..][..k4 * NQ];
+        let cs = &q.colsum[p * NQ..][..NQ];
+        let width = NQ.min(cols.end - p * NQ);
+        let sw = &q.scales[p * NQ..][..width];
+        for i in (0..m).step_by(MQ) {
+            let mr = MQ.min(m - i);
+            kernel(mr, k4 / 4, &xq[i * k4..], k4, b, cs, &mut tile);
+            for r in 0..mr {
+                let o = &mut out[(i + r) * w + p * NQ - cols.start..][..width];
+                let sx = xs[i + r];
+                for (c, o) in o.iter_mut().enumerate() {
+                    *o = tile[r * NQ + c] as f32 * (sx * sw[c]);
+                }
+                if let Some(bias) = &q.bias {
+                    for (o, b) in o.iter_mut().zip(&bias[p * NQ..]) {
+                        *o += b;
                     }
                 }
             }
         }
     }
+}
 }
 
 /// `tile[r][c] = Σ_{g,t} a[r·lda + 4g + t] · b[g·4NQ + 4c + t]` for
