@@ -746,6 +746,14 @@ fn reduced_compute_types_on_every_fixture() {
             "admin-rezero-fairseq08/checkpoint_best.pt",
             "data-bin-fairseq08",
         ),
+        (
+            "admin-rezero-postln-fairseq08/checkpoint_best.pt",
+            "data-bin-fairseq08",
+        ),
+        (
+            "admin-deepnet-fairseq08/checkpoint_best.pt",
+            "data-bin-deepnet-fairseq08",
+        ),
     ];
     let bf16 = admin_convert::native::quant::bf16_kernel().is_some();
     for (ckpt, data) in models {
