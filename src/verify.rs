@@ -91,30 +91,58 @@ pub fn lprobs(backend: &mut dyn ModelEngine, probe: &Probe) -> Result<Array3<f32
     backend.forced(probe.src_tokens().view(), probe.prev_output_tokens().view())
 }
 
-/// Sentence pairs per batch of the check: small, since a batch's `[n, T, vocab]`
-/// log-probs are held beside the kept ones (128 KB per target position at a 32k vocabulary).
-const CHUNK: usize = 8;
+/// Sentence pairs decoded side by side by the check (all of a usual probe
+/// set): each step's `[rows, vocab]` log-probs are consumed before the
+/// next, so the batch costs its caches, not `[n, T, vocab]`.
+const GROUP: usize = 128;
+
+/// Teacher forcing of `probe` on `engine`, one incremental step at a time
+/// over up to [`GROUP`] sentences at once: longest target first, and a
+/// sentence leaves the batch when its target ends, so no step computes a
+/// pad and every weight matrix is read once per step for all sentences.
+/// Calls `each(sentence, position, log-probs)` for every real target
+/// position, positions of a sentence in order.
+fn forced_rows(
+    engine: &mut dyn ModelEngine,
+    probe: &Probe,
+    mut each: impl FnMut(usize, usize, &[f32]),
+) -> Result<()> {
+    let mut order: Vec<usize> = (0..probe.targets.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(probe.targets[i].len()));
+    for group in order.chunks(GROUP) {
+        let sub = Probe {
+            sources: group.iter().map(|&i| probe.sources[i].clone()).collect(),
+            targets: group.iter().map(|&i| probe.targets[i].clone()).collect(),
+        };
+        let mut session = engine.begin(sub.src_tokens().view())?;
+        let live = |t: usize| sub.targets.iter().take_while(|x| x.len() > t).count();
+        let mut t = 0;
+        while live(t) > 0 {
+            let prev: Vec<i64> = sub.targets[..live(t)]
+                .iter()
+                .map(|x| if t == 0 { EOS as i64 } else { x[t - 1] })
+                .collect();
+            let lp = session.step(ndarray::ArrayView1::from(&prev))?;
+            for (r, row) in lp.rows().into_iter().enumerate() {
+                let row = row.to_slice().expect("log-prob rows are contiguous");
+                each(group[r], t, row);
+            }
+            let next: Vec<usize> = (0..live(t + 1)).collect();
+            session.reorder(&next, next.len() != prev.len())?;
+            t += 1;
+        }
+    }
+    Ok(())
+}
 
 /// The log-probs of every real target position of `probe` on `model`, run
 /// on the native engine, one `[len · vocab]` vector per sentence.
 fn real_lprobs(model: &Model, probe: &Probe, threads: Option<usize>) -> Result<Vec<Vec<f32>>> {
     let mut engine = NativeBackend::new(model, threads)?;
-    let mut out = Vec::with_capacity(probe.targets.len());
-    for (s, t) in probe.sources.chunks(CHUNK).zip(probe.targets.chunks(CHUNK)) {
-        let chunk = Probe {
-            sources: s.to_vec(),
-            targets: t.to_vec(),
-        };
-        let l = lprobs(&mut engine, &chunk)?;
-        for (i, t) in chunk.targets.iter().enumerate() {
-            out.push(
-                l.slice(ndarray::s![i, ..t.len(), ..])
-                    .iter()
-                    .copied()
-                    .collect(),
-            );
-        }
-    }
+    let mut out: Vec<Vec<f32>> = vec![vec![]; probe.targets.len()];
+    forced_rows(&mut engine, probe, |i, _, row| {
+        out[i].extend_from_slice(row)
+    })?;
     Ok(out)
 }
 
@@ -149,22 +177,13 @@ pub fn max_diff_against_owned(kept: Vec<Vec<f32>>, model: Model, probe: &Probe) 
 
 fn diff_on(mut engine: NativeBackend, kept: Vec<Vec<f32>>, probe: &Probe) -> Result<f32> {
     let mut max = 0f32;
-    let mut sentence = 0;
-    for (s, t) in probe.sources.chunks(CHUNK).zip(probe.targets.chunks(CHUNK)) {
-        let chunk = Probe {
-            sources: s.to_vec(),
-            targets: t.to_vec(),
-        };
-        let l = lprobs(&mut engine, &chunk)?;
-        for (i, t) in chunk.targets.iter().enumerate() {
-            let got = l.slice(ndarray::s![i, ..t.len(), ..]);
-            for (x, y) in kept[sentence].iter().zip(got.iter()) {
-                let d = (x - y).abs();
-                max = max.max(if d.is_nan() { f32::INFINITY } else { d });
-            }
-            sentence += 1;
+    forced_rows(&mut engine, probe, |i, t, row| {
+        let want = &kept[i][t * row.len()..(t + 1) * row.len()];
+        for (x, y) in want.iter().zip(row) {
+            let d = (x - y).abs();
+            max = max.max(if d.is_nan() { f32::INFINITY } else { d });
         }
-    }
+    })?;
     Ok(max)
 }
 
