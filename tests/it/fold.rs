@@ -189,3 +189,56 @@ fn mixed_dtype_checkpoint_folds_and_reports_the_mix() {
     assert_eq!(r["mixed_float_dtypes"], false);
     assert_eq!(r["dtypes"]["f32"], r["tensors"]);
 }
+
+/// The fold check's measurement itself: all probe sentences side by side,
+/// finished ones leaving the batch, must give the log-probs of the engine's
+/// plain teacher forcing (`ModelEngine::forced`, padded, sentence by
+/// sentence) — so a model against itself measures 0 — and must see a
+/// change of one weight.
+#[test]
+fn the_fold_check_measures_what_teacher_forcing_computes() {
+    use admin_convert::native::NativeBackend;
+    use admin_convert::runtime::ModelEngine;
+    use admin_convert::verify::{self, Probe};
+    let ckpt = admin_convert::read::Checkpoint::open(Path::new(
+        "fixtures/admin-fairseq08/checkpoint_best.pt",
+    ))
+    .unwrap();
+    let m = admin_convert::recognise::recognise(&ckpt, &Default::default())
+        .unwrap()
+        .model;
+    let c = &m.config;
+    let (sv, tv) = (
+        m.weights.encoder_embed.tokens.nrows(),
+        m.weights.output_projection.nrows(),
+    );
+    let probe = Probe::random(37, sv, tv, 24, 7);
+    let kept = verify::reference_lprobs(&m, &probe).unwrap();
+    let mut engine = NativeBackend::new(&m, Some(1)).unwrap();
+    for (i, (s, t)) in probe.sources.iter().zip(&probe.targets).enumerate() {
+        let one = Probe {
+            sources: vec![s.clone()],
+            targets: vec![t.clone()],
+        };
+        let l = verify::lprobs(&mut engine, &one).unwrap();
+        let want: Vec<f32> = l.iter().copied().collect();
+        assert_eq!(kept[i].len(), t.len() * tv, "sentence {i}");
+        let d = want
+            .iter()
+            .zip(&kept[i])
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        // Same engine, other batch composition: float32 sums may differ
+        // in order (GEMM row tiles), not in substance.
+        assert!(d < 1e-5, "sentence {i}: {d}");
+    }
+    assert_eq!(verify::max_lprob_diff(&m, &m, &probe).unwrap(), 0.0);
+    let mut changed = m.clone();
+    changed.weights.decoder_layers[c.decoder_layers - 1]
+        .ffn
+        .f
+        .fc2
+        .weight[[0, 0]] += 0.5;
+    let d = verify::max_lprob_diff(&m, &changed, &probe).unwrap();
+    assert!(d > 1e-3, "a changed weight measured only {d}");
+}
