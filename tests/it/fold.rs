@@ -198,7 +198,6 @@ fn mixed_dtype_checkpoint_folds_and_reports_the_mix() {
 #[test]
 fn the_fold_check_measures_what_teacher_forcing_computes() {
     use admin_convert::native::NativeBackend;
-    use admin_convert::runtime::ModelEngine;
     use admin_convert::verify::{self, Probe};
     let ckpt = admin_convert::read::Checkpoint::open(Path::new(
         "fixtures/admin-fairseq08/checkpoint_best.pt",
