@@ -4,14 +4,11 @@
 //! This is how `fold`, `average --fold` and `export --fold` prove
 //! themselves (`shared/spec/fold.md` §4).
 
-use crate::export::{self, ExportOptions, Precision};
 use crate::native::{ComputeType, NativeBackend};
-use crate::runtime::tract::TractBackend;
-use crate::runtime::{GraphSource, ModelEngine};
+use crate::runtime::ModelEngine;
 use crate::spec::{Model, EOS, PAD};
 use anyhow::Result;
 use ndarray::{Array2, Array3};
-use std::sync::Arc;
 
 /// Source and target sentences as token ids (each ending in EOS).
 #[derive(Clone, Debug, Default)]
@@ -78,12 +75,6 @@ impl Probe {
         }
         a
     }
-}
-
-/// A tract backend running `model`'s fp32 graphs, exported in memory.
-pub fn backend(model: &Model) -> Result<TractBackend> {
-    let graphs = export::export(model, Precision::Fp32, &ExportOptions::default())?;
-    TractBackend::new(GraphSource::Memory(Arc::new(graphs)))
 }
 
 /// Teacher-forced log-probs `[n, T, vocab]` of `probe` on `backend`.
