@@ -105,7 +105,7 @@ fn encode_group(m: &NativeModel, sources: &[Vec<usize>], s: &mut Scratch) -> Vec
     for src in sources {
         starts.push(x.len() / d);
         for (k, &t) in src.iter().enumerate() {
-            m.enc_embed.push(t, PAD + 1 + k, x);
+            m.enc_embed.push(t, PAD + 1 + k, x, &m.output);
         }
     }
     m.enc_embed.finish(x);
@@ -434,7 +434,7 @@ impl StepCtx<'_> {
         let x = &mut s.x;
         x.clear();
         for &p in prev {
-            m.dec_embed.push(p as usize, t + PAD + 1, x);
+            m.dec_embed.push(p as usize, t + PAD + 1, x, &m.output);
         }
         m.dec_embed.finish(x);
         let (tmp, out, wide, att, probs) = (

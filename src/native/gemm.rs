@@ -57,6 +57,13 @@ impl Packed {
         }
     }
 
+    /// Row `j` of the `[n, k]` weight as packed (the same values): lets
+    /// a token table tied to this projection be read from here.
+    pub fn row(&self, j: usize) -> impl Iterator<Item = f32> + '_ {
+        let base = (j / NR) * self.k * NR + j % NR;
+        self.panels[base..].iter().step_by(NR).take(self.k).copied()
+    }
+
     /// Resident bytes of the packed weight.
     pub fn bytes(&self) -> usize {
         4 * (self.panels.len() + self.bias.as_ref().map_or(0, Vec::len))
@@ -319,6 +326,20 @@ mod tests {
             }
         }
         y.into_iter().map(|v| v as f32).collect()
+    }
+
+    /// A packed row reads back the weight row bit for bit (embeddings tied
+    /// to the output projection are read this way), tails included.
+    #[test]
+    fn packed_rows_read_back_the_weight_rows() {
+        for (n, k) in [(1, 1), (17, 5), (33, 64), (40, 300)] {
+            let w = Array2::from_shape_fn((n, k), |(j, p)| (j * 1000 + p) as f32 * 0.5 - 7.0);
+            let packed = Packed::new(w.view(), None);
+            for j in 0..n {
+                let got: Vec<f32> = packed.row(j).collect();
+                assert_eq!(got, w.row(j).to_vec(), "row {j} of {n}×{k}");
+            }
+        }
     }
 
     #[test]

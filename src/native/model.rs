@@ -252,21 +252,29 @@ enum PosTable {
     },
 }
 
-/// Token table (one table shared by both stacks when the model ties them),
-/// scale, position table, `layernorm_embedding`.
+/// Token table (one table shared by both stacks when the model ties them;
+/// none when it is the float32 output projection, whose packed rows hold
+/// the same values), scale, position table, `layernorm_embedding`.
 pub(crate) struct Embed {
-    tokens: ArcArray2<f32>,
+    tokens: Option<ArcArray2<f32>>,
+    rows: usize,
     scale: f32,
     positions: Option<PosTable>,
     norm: Option<Norm>,
 }
 
 impl Embed {
-    /// `e` with `tokens` as its table (`e.tokens` is not read).
-    fn of(e: spec::Embedding, tokens: ArcArray2<f32>, max_positions: usize) -> Embed {
-        let d = tokens.ncols();
+    /// `e` with `tokens` as its table (`e.tokens` is not read); `None`: the
+    /// packed output projection's rows (`rows × d`).
+    fn of(
+        e: spec::Embedding,
+        tokens: Option<ArcArray2<f32>>,
+        (rows, d): (usize, usize),
+        max_positions: usize,
+    ) -> Embed {
         Embed {
             tokens,
+            rows,
             scale: e.scale,
             positions: match e.positions {
                 Positions::None => None,
@@ -284,14 +292,21 @@ impl Embed {
         }
     }
 
-    /// Appends the embedding of `token` at position row `pos` to `out`.
-    pub(crate) fn push(&self, token: usize, pos: usize, out: &mut Vec<f32>) {
+    /// Appends the embedding of `token` at position row `pos` to `out`
+    /// (`output`: the model's output projection, read when the table is it).
+    pub(crate) fn push(&self, token: usize, pos: usize, out: &mut Vec<f32>, output: &Linear) {
         let start = out.len();
-        let row = self.tokens.row(token);
-        if self.scale != 1.0 {
-            out.extend(row.iter().map(|v| v * self.scale));
-        } else {
-            out.extend(row.iter());
+        let s = self.scale;
+        match (&self.tokens, output) {
+            (Some(t), _) => out.extend(
+                t.row(token)
+                    .iter()
+                    .map(|v| if s != 1.0 { v * s } else { *v }),
+            ),
+            (None, Linear::F32(p)) => {
+                out.extend(p.row(token).map(|v| if s != 1.0 { v * s } else { v }))
+            }
+            (None, _) => unreachable!("only a float32 projection stands for a token table"),
         }
         let add = |out: &mut [f32], row: &[f32]| {
             for (o, p) in out.iter_mut().zip(row) {
@@ -359,6 +374,25 @@ fn shares_tokens(m: &Model) -> bool {
     m.tying.encoder_decoder && w.encoder_embed.tokens == w.decoder_embed.tokens
 }
 
+/// Whether `table` can be read from the packed output projection: float32
+/// (the packed values are the weights themselves) and the projection is
+/// this table (one allocation, or equal values).
+fn is_projection(table: &ArcArray2<f32>, m: &Model, ct: ComputeType) -> bool {
+    let out = &m.weights.output_projection;
+    ct == ComputeType::Float32
+        && table.dim() == out.dim()
+        && (table.as_ptr() == out.as_ptr() || table == out)
+}
+
+/// For each stack, whether its token table is read from the projection.
+fn tables_from_projection(m: &Model, ct: ComputeType) -> [bool; 2] {
+    let w = &m.weights;
+    [
+        is_projection(&w.encoder_embed.tokens, m, ct),
+        is_projection(&w.decoder_embed.tokens, m, ct),
+    ]
+}
+
 /// `t`, leaving an empty table behind.
 fn take_table(t: &mut ArcArray2<f32>) -> ArcArray2<f32> {
     std::mem::replace(t, Array2::zeros((0, 0)).into_shared())
@@ -418,7 +452,9 @@ impl NativeModel {
         };
         let embeds = (w.encoder_embed.clone(), dec_embed);
         let layers = (w.encoder_layers.iter(), w.decoder_layers.iter());
-        NativeModel::pack(m, info, (embeds, shared), layers, ct)
+        let output = Linear::new(&[w.output_projection.view()], None, ct);
+        let out = (output, tables_from_projection(m, ct));
+        NativeModel::pack(m, info, (embeds, shared), layers, out, ct)
     }
 
     /// As [`NativeModel::with_compute_type`], consuming `m`: each layer's
@@ -428,6 +464,12 @@ impl NativeModel {
     pub fn from_model(mut m: Model, ct: ComputeType) -> Result<NativeModel> {
         let info = NativeModel::check(&m, ct)?;
         let shared = shares_tokens(&m);
+        let from_projection = tables_from_projection(&m, ct);
+        let output = Linear::new(&[m.weights.output_projection.view()], None, ct);
+        if from_projection[1] {
+            // the packed projection stands for the table: drop its float32 copy
+            m.weights.output_projection = Array2::zeros((0, 0)).into_shared();
+        }
         let w = &mut m.weights;
         let embeds = (
             take_embedding(&mut w.encoder_embed),
@@ -437,7 +479,8 @@ impl NativeModel {
             std::mem::take(&mut w.encoder_layers).into_iter(),
             std::mem::take(&mut w.decoder_layers).into_iter(),
         );
-        NativeModel::pack(&m, info, (embeds, shared), layers, ct)
+        let out = (output, from_projection);
+        NativeModel::pack(&m, info, (embeds, shared), layers, out, ct)
     }
 
     /// Refuses what the engine cannot run; the graph description of `m`.
@@ -476,6 +519,7 @@ impl NativeModel {
         info: GraphInfo,
         ((enc_embed, dec_embed), shared): ((spec::Embedding, spec::Embedding), bool),
         (enc, dec): (impl Iterator<Item = E>, impl Iterator<Item = D>),
+        (output, from_projection): (Linear, [bool; 2]),
         ct: ComputeType,
     ) -> Result<NativeModel>
     where
@@ -491,6 +535,22 @@ impl NativeModel {
         } else {
             take_table(&mut dec_embed.tokens)
         };
+        let (enc_dim, dec_dim) = (enc_tokens.dim(), dec_tokens.dim());
+        // Built before the layers so that a table the projection stands for
+        // is freed before they are packed.
+        let own = |t: ArcArray2<f32>, from: bool| (!from).then_some(t);
+        let enc_embed = Embed::of(
+            enc_embed,
+            own(enc_tokens, from_projection[0]),
+            enc_dim,
+            c.max_source_positions,
+        );
+        let dec_embed = Embed::of(
+            dec_embed,
+            own(dec_tokens, from_projection[1]),
+            dec_dim,
+            c.max_target_positions,
+        );
         let packed = |l: &spec::Linear| fused(&[l], ct);
         let ffn = |s: &SublayerRef| match s.f {
             Body::FeedForward(f) => Sub::of(
@@ -542,19 +602,19 @@ impl NativeModel {
         Ok(NativeModel {
             info,
             activation: c.activation_fn,
-            enc_d: enc_tokens.ncols(),
+            enc_d: enc_dim.1,
             enc_heads: c.encoder_attention_heads,
             enc_pre: c.encoder_normalize_before,
-            dec_d: dec_tokens.ncols(),
+            dec_d: dec_dim.1,
             dec_heads: c.decoder_attention_heads,
             dec_pre: c.decoder_normalize_before,
-            enc_embed: Embed::of(enc_embed, enc_tokens, c.max_source_positions),
+            enc_embed,
             enc_layers: enc.enumerate().map(encoder_layer).collect(),
             enc_final: w.encoder_final_norm.as_ref().map(Norm::of),
-            dec_embed: Embed::of(dec_embed, dec_tokens, c.max_target_positions),
+            dec_embed,
             dec_layers: dec.enumerate().map(decoder_layer).collect(),
             dec_final: w.decoder_final_norm.as_ref().map(Norm::of),
-            output: Linear::new(&[w.output_projection.view()], None, ct),
+            output,
             compute_type: ct,
         })
     }
@@ -588,7 +648,7 @@ impl NativeModel {
     }
 
     pub(crate) fn dec_embed_rows(&self) -> usize {
-        self.dec_embed.tokens.nrows()
+        self.dec_embed.rows
     }
 }
 
