@@ -452,8 +452,7 @@ impl NativeModel {
         };
         let embeds = (w.encoder_embed.clone(), dec_embed);
         let layers = (w.encoder_layers.iter(), w.decoder_layers.iter());
-        let output = Linear::new(&[w.output_projection.view()], None, ct);
-        let out = (output, tables_from_projection(m, ct));
+        let out = (None, tables_from_projection(m, ct));
         NativeModel::pack(m, info, (embeds, shared), layers, out, ct)
     }
 
@@ -465,11 +464,13 @@ impl NativeModel {
         let info = NativeModel::check(&m, ct)?;
         let shared = shares_tokens(&m);
         let from_projection = tables_from_projection(&m, ct);
-        let output = Linear::new(&[m.weights.output_projection.view()], None, ct);
-        if from_projection[1] {
-            // the packed projection stands for the table: drop its float32 copy
+        // Packed first only when it stands for the table (whose float32 copy
+        // is then dropped); else last, once the layers' float32 are freed.
+        let output = from_projection[1].then(|| {
+            let o = Linear::new(&[m.weights.output_projection.view()], None, ct);
             m.weights.output_projection = Array2::zeros((0, 0)).into_shared();
-        }
+            o
+        });
         let w = &mut m.weights;
         let embeds = (
             take_embedding(&mut w.encoder_embed),
@@ -512,14 +513,16 @@ impl NativeModel {
 
     /// Packs the layers one at a time as the iterators yield them (owned
     /// layers are freed once packed); config, final norms and the output
-    /// projection come from `m`, embeddings and layers from the arguments
-    /// (`shared`: the decoder uses the encoder's token table).
+    /// projection come from `m` (the projection packed last, unless given
+    /// already packed), embeddings and layers from the arguments (`shared`:
+    /// the decoder uses the encoder's token table; `from_projection`: per
+    /// stack, its table is read from the float32 projection's packed rows).
     fn pack<E, D>(
         m: &Model,
         info: GraphInfo,
         ((enc_embed, dec_embed), shared): ((spec::Embedding, spec::Embedding), bool),
         (enc, dec): (impl Iterator<Item = E>, impl Iterator<Item = D>),
-        (output, from_projection): (Linear, [bool; 2]),
+        (output, from_projection): (Option<Linear>, [bool; 2]),
         ct: ComputeType,
     ) -> Result<NativeModel>
     where
@@ -614,7 +617,7 @@ impl NativeModel {
             dec_embed,
             dec_layers: dec.enumerate().map(decoder_layer).collect(),
             dec_final: w.decoder_final_norm.as_ref().map(Norm::of),
-            output,
+            output: output.unwrap_or_else(|| Linear::new(&[w.output_projection.view()], None, ct)),
             compute_type: ct,
         })
     }
