@@ -539,21 +539,10 @@ impl NativeModel {
             take_table(&mut dec_embed.tokens)
         };
         let (enc_dim, dec_dim) = (enc_tokens.dim(), dec_tokens.dim());
-        // Built before the layers so that a table the projection stands for
-        // is freed before they are packed.
-        let own = |t: ArcArray2<f32>, from: bool| (!from).then_some(t);
-        let enc_embed = Embed::of(
-            enc_embed,
-            own(enc_tokens, from_projection[0]),
-            enc_dim,
-            c.max_source_positions,
-        );
-        let dec_embed = Embed::of(
-            dec_embed,
-            own(dec_tokens, from_projection[1]),
-            dec_dim,
-            c.max_target_positions,
-        );
+        // A table the projection stands for is dropped here, before the
+        // layers are packed.
+        let enc_table = (!from_projection[0]).then_some(enc_tokens);
+        let dec_table = (!from_projection[1]).then_some(dec_tokens);
         let packed = |l: &spec::Linear| fused(&[l], ct);
         let ffn = |s: &SublayerRef| match s.f {
             Body::FeedForward(f) => Sub::of(
@@ -611,10 +600,10 @@ impl NativeModel {
             dec_d: dec_dim.1,
             dec_heads: c.decoder_attention_heads,
             dec_pre: c.decoder_normalize_before,
-            enc_embed,
+            enc_embed: Embed::of(enc_embed, enc_table, enc_dim, c.max_source_positions),
             enc_layers: enc.enumerate().map(encoder_layer).collect(),
             enc_final: w.encoder_final_norm.as_ref().map(Norm::of),
-            dec_embed,
+            dec_embed: Embed::of(dec_embed, dec_table, dec_dim, c.max_target_positions),
             dec_layers: dec.enumerate().map(decoder_layer).collect(),
             dec_final: w.decoder_final_norm.as_ref().map(Norm::of),
             output: output.unwrap_or_else(|| Linear::new(&[w.output_projection.view()], None, ct)),
