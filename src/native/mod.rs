@@ -43,19 +43,19 @@
 /// (Rust never fuses a multiply and an add by itself): the same bits, only
 /// wider vectors.
 macro_rules! multiversion {
-    ($(#[$m:meta])* $vis:vis fn $name:ident($($a:ident: $t:ty),*) -> $r:ty $body:block) => {
+    ($(#[$m:meta])* $vis:vis fn $name:ident $(<$lt:lifetime>)? ($($a:ident: $t:ty),*) $(-> $r:ty)? $body:block) => {
         $(#[$m])*
-        $vis fn $name($($a: $t),*) -> $r {
+        $vis fn $name $(<$lt>)? ($($a: $t),*) $(-> $r)? {
             #[inline(always)]
-            fn body($($a: $t),*) -> $r $body
+            fn body $(<$lt>)? ($($a: $t),*) $(-> $r)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
-                unsafe fn v512($($a: $t),*) -> $r {
+                unsafe fn v512 $(<$lt>)? ($($a: $t),*) $(-> $r)? {
                     body($($a),*)
                 }
                 #[target_feature(enable = "avx2")]
-                unsafe fn v256($($a: $t),*) -> $r {
+                unsafe fn v256 $(<$lt>)? ($($a: $t),*) $(-> $r)? {
                     body($($a),*)
                 }
                 match $crate::native::simd_level() {

@@ -666,58 +666,25 @@ pub(crate) fn activate(x: &mut [f32], act: Activation) {
     }
 }
 
-/// Attention of one query row over every head in one pass:
-/// `out[h] = softmax(q[h] · kⱼ[h]) · vⱼ[h]` for the `heads` slices of width
-/// `d / heads` of `q`, of the key rows `key(j)` and value rows `value(j)`
-/// (`j < n`, whole `d`-wide rows, each fetched once for all heads).
-/// `probs` is scratch (`heads × n`). Each head's arithmetic is the same as
-/// one head at a time (same dot products, same order of sums over `j`):
-/// only the loops are exchanged.
-pub(crate) fn attend_heads<'a>(
-    q: &[f32],
-    heads: usize,
-    n: usize,
-    key: impl Fn(usize) -> &'a [f32],
-    value: impl Fn(usize) -> &'a [f32],
-    probs: &mut Vec<f32>,
-    out: &mut [f32],
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        /// [`attend_body`] compiled for AVX-512F / AVX2 (same operations,
-        /// same bits, wider vectors).
-        #[target_feature(enable = "avx512f")]
-        unsafe fn v512<'a>(
-            q: &[f32],
-            heads: usize,
-            n: usize,
-            key: impl Fn(usize) -> &'a [f32],
-            value: impl Fn(usize) -> &'a [f32],
-            probs: &mut Vec<f32>,
-            out: &mut [f32],
-        ) {
-            attend_body(q, heads, n, key, value, probs, out)
-        }
-        #[target_feature(enable = "avx2")]
-        unsafe fn v256<'a>(
-            q: &[f32],
-            heads: usize,
-            n: usize,
-            key: impl Fn(usize) -> &'a [f32],
-            value: impl Fn(usize) -> &'a [f32],
-            probs: &mut Vec<f32>,
-            out: &mut [f32],
-        ) {
-            attend_body(q, heads, n, key, value, probs, out)
-        }
-        match super::simd_level() {
-            // SAFETY: simd_level() says the CPU has the feature.
-            2 => return unsafe { v512(q, heads, n, key, value, probs, out) },
-            1 => return unsafe { v256(q, heads, n, key, value, probs, out) },
-            _ => {}
-        }
+super::multiversion! {
+    /// Attention of one query row over every head in one pass:
+    /// `out[h] = softmax(q[h] · kⱼ[h]) · vⱼ[h]` for the `heads` slices of width
+    /// `d / heads` of `q`, of the key rows `key(j)` and value rows `value(j)`
+    /// (`j < n`, whole `d`-wide rows, each fetched once for all heads).
+    /// `probs` is scratch (`heads × n`). Each head's arithmetic is the same as
+    /// one head at a time (same dot products, same order of sums over `j`):
+    /// only the loops are exchanged.
+    pub(crate) fn attend_heads<'a>(
+        q: &[f32],
+        heads: usize,
+        n: usize,
+        key: impl Fn(usize) -> &'a [f32],
+        value: impl Fn(usize) -> &'a [f32],
+        probs: &mut Vec<f32>,
+        out: &mut [f32]
+    ) {
+        attend_body(q, heads, n, key, value, probs, out)
     }
-    attend_body(q, heads, n, key, value, probs, out)
 }
 
 #[inline(always)]
